@@ -94,7 +94,12 @@ export interface CropPlan {
   framingAchieved: Framing | null;
   /** Estimated whole-head box (hair to chin) in source pixels; face strategy only. */
   head: Rect | null;
-  /** True when the whole estimated head is inside `rect`. */
+  /**
+   * True when the crop holds all of the estimated head that lies inside the photo AND the photo
+   * holds the certain part of the head (landmarks, chin, skull). False means the head is cut,
+   * by the crop or by the photo's own edge. (The estimate's generous hair margin may run past
+   * a tight portrait's top edge without making this false.)
+   */
   headInside: boolean | null;
   /** Output side / crop side: > 1 means the crop is upscaled to reach the training resolution. */
   upscale: number;
