@@ -1,0 +1,441 @@
+/**
+ * `booth prepare`: turn a session's stored photos into a training set. Phases:
+ * 1. **analyse** each stored photo once (decode, faces with landmarks and descriptors,
+ *    perceptual hash, a preview for review) and cache the result under `cache/analysis/<sha256>.json`;
+ * 2. **identity**: find the subject across photos (person sessions);
+ * 3. **crop** each photo around the subject's head (or its salient region), measure quality
+ *    (blur, face size, near-duplicates, upscale), decide accepted/excluded, render the crop and
+ *    its caption into `dataset/`;
+ * 4. **review**: render the contact sheet (PNG + self-contained HTML) into `review/`;
+ * then save the manifest once, atomically, and remove dataset objects nothing refers to.
+ *
+ * Restartable and idempotent: every object is written atomically before the manifest refers to
+ * it; analyses are cached by content hash, so a run killed at any moment and started again
+ * re-does at most the photo in flight, and produces the same result as an uninterrupted run.
+ */
+import sharp from 'sharp';
+import { errorMessage, isBoothError } from '../errors.js';
+import type { Logger } from '../log.js';
+import { silentLogger } from '../log.js';
+import { listAll, putJson, readAll, readJson } from '../storage/index.js';
+import { renderTemplateCaption } from '../captions/template.js';
+import type { PhotoCheck, PhotoRecord } from '../sessions/manifest.js';
+import { sessionKeys, type SessionStore } from '../sessions/store.js';
+import { renderContactSheetHtml, renderContactSheetPng, type ContactSheetEntry } from './contact-sheet.js';
+import { planFaceCrop, planSalientCrop, renderCrop } from './crop.js';
+import { decodePhoto } from './decode.js';
+import { createFaceDetector, type FaceDetector } from './faces.js';
+import { DEFAULT_IDENTITY_THRESHOLD, largestFace, resolveIdentities } from './identity.js';
+import { BLUR_THRESHOLD, NEAR_DUPLICATE_DISTANCE, blurScore, hammingDistance, perceptualHash } from './quality.js';
+import type { CropPlan, DetectedFace, Framing, RawImage, Rect } from './types.js';
+
+/**
+ * Version of the cached analysis. Bump when detection settings or the analysis shape change, so
+ * stale caches are recomputed instead of trusted.
+ */
+export const ANALYSIS_VERSION = 1;
+
+/**
+ * A face box smaller than this fraction of the training resolution carries too little identity
+ * detail once upscaled (a 512 px face crop from a 90 px face is mostly invented).
+ */
+export const SMALL_FACE_FRACTION = 0.2;
+
+/** Crops upscaled more than this are flagged `low-resolution`. */
+export const MAX_UPSCALE = 1.5;
+
+/** Longest side of the cached review preview, px. */
+const PREVIEW_SIDE = 512;
+
+/** Options of {@link prepareSession}. */
+export interface PrepareOptions {
+  /** Override (and persist) the session's framing. */
+  framing?: Framing;
+  /** Override (and persist) identity matching. */
+  identity?: 'auto' | 'off';
+  logger?: Logger;
+  /** Progress callback: phase, items done, items total, current photo name. */
+  onProgress?: (phase: 'analyse' | 'crop' | 'review', done: number, total: number, item: string) => void;
+  /** Reuse a detector (tests, servers); otherwise one is created on demand and disposed. */
+  detector?: FaceDetector;
+}
+
+/** Summary of a prepare run. */
+export interface PrepareReport {
+  session: string;
+  counts: { accepted: number; excluded: number; rejected: number };
+  photos: Array<Pick<PhotoRecord, 'name' | 'sha256' | 'status' | 'flags' | 'reason' | 'crop' | 'face'>>;
+  contactSheet: { png: string; html: string };
+  /** Photos analysed in this run (not served from the cache). */
+  analysed: number;
+  elapsedMs: number;
+}
+
+/** Cached per-photo analysis (JSON). */
+interface Analysis {
+  version: number;
+  sha256: string;
+  source: { width: number; height: number; format: string; orientation: number };
+  warnings: string[];
+  faces: Array<{ box: Rect; score: number; landmarks: Array<{ x: number; y: number }>; descriptor: number[] }>;
+  /** 64-bit perceptual hash, hex. */
+  phash: string;
+}
+
+/**
+ * Prepare a session's training set.
+ * @param sessions - session store
+ * @param name - session name
+ * @param options - framing/identity overrides, progress, logger
+ * @returns the report; per-photo outcomes are also in the saved manifest
+ * @throws BoothError `NOT_FOUND` for a missing session; storage errors propagate (nothing half-visible).
+ * @example
+ * const report = await prepareSession(sessions, 'alice', { framing: 'face' });
+ */
+export async function prepareSession(sessions: SessionStore, name: string, options: PrepareOptions = {}): Promise<PrepareReport> {
+  const started = Date.now();
+  const logger = options.logger ?? silentLogger();
+  const store = sessions.store;
+  const keys = sessionKeys(name);
+  const manifest = await sessions.get(name);
+  if (options.framing) manifest.settings.framing = options.framing;
+  if (options.identity) manifest.settings.identity = options.identity;
+  const { settings, subject } = manifest;
+  const isPerson = subject.kind === 'person';
+  const stored = manifest.photos.filter((p) => p.key !== null);
+
+  // Phase 1: analyse (cached by content hash).
+  let detector = options.detector ?? null;
+  const ownDetector = !options.detector;
+  const analyses = new Map<string, Analysis>();
+  const decodeFailures = new Map<string, string>();
+  let analysed = 0;
+  try {
+    let done = 0;
+    for (const photo of stored) {
+      options.onProgress?.('analyse', done, stored.length, photo.name);
+      const cacheKey = keys.analysis(photo.sha256);
+      const cached = await readCachedAnalysis(cacheKey);
+      if (cached) {
+        analyses.set(photo.sha256, cached);
+      } else {
+        // Only decoding and detection failures are about the photo; storage errors propagate.
+        let result: { analysis: Analysis; preview: Buffer } | null = null;
+        try {
+          const image = await decodeStored(photo);
+          if (isPerson && !detector) detector = await createFaceDetector({ logger });
+          const faces = isPerson && detector ? await detector.detect(image.image) : [];
+          result = {
+            analysis: {
+              version: ANALYSIS_VERSION,
+              sha256: photo.sha256,
+              source: { width: image.image.width, height: image.image.height, format: image.source.format, orientation: image.source.orientation },
+              warnings: image.warnings,
+              faces: faces.map((f) => ({ box: f.box, score: f.score, landmarks: f.landmarks, descriptor: Array.from(f.descriptor) })),
+              phash: (await perceptualHash(image.image)).toString(16).padStart(16, '0'),
+            },
+            preview: await previewJpeg(image.image),
+          };
+        } catch (err) {
+          if (isBoothError(err, 'FACE_MODEL')) throw err;
+          decodeFailures.set(photo.sha256, errorMessage(err));
+          logger.warn({ photo: photo.name, err: errorMessage(err) }, 'photo could not be analysed');
+        }
+        if (result) {
+          await store.put(keys.preview(photo.sha256), result.preview, { contentType: 'image/jpeg' });
+          await putJson(store, cacheKey, result.analysis);
+          analyses.set(photo.sha256, result.analysis);
+          analysed++;
+        }
+      }
+      done++;
+    }
+    options.onProgress?.('analyse', done, stored.length, '');
+  } finally {
+    if (ownDetector) detector?.dispose();
+  }
+
+  // Phase 2: identity.
+  const faceOf = (a: Analysis): DetectedFace[] =>
+    a.faces.map((f) => ({ box: f.box, score: f.score, landmarks: f.landmarks, descriptor: Float32Array.from(f.descriptor) }));
+  const subjectFace = new Map<string, { index: number | null; distance: number | null; reason: string | null; byIdentity: boolean }>();
+  let ambiguity: string | null = null;
+  if (isPerson) {
+    const items = [...analyses.values()].map((a) => ({ id: a.sha256, faces: faceOf(a) }));
+    if (settings.identity === 'auto') {
+      const result = resolveIdentities(items);
+      if (result.ambiguous) ambiguity = result.ambiguity;
+      for (const item of items) {
+        const r = result.photos.get(item.id);
+        subjectFace.set(item.id, { index: r?.subjectFace ?? null, distance: r?.distance ?? null, reason: r?.reason ?? null, byIdentity: r?.basis === 'identity' });
+      }
+    } else {
+      for (const item of items) {
+        const idx = largestFace(item.faces);
+        subjectFace.set(item.id, { index: idx, distance: null, reason: idx === null ? 'no face found' : null, byIdentity: false });
+      }
+    }
+  }
+
+  const identityThreshold = isPerson && settings.identity === 'auto' ? DEFAULT_IDENTITY_THRESHOLD : null;
+
+  // Phase 3: crop, quality, dataset.
+  const caption = renderTemplateCaption(settings.captionTemplate, subject);
+  const hashes: Array<{ sha256: string; name: string; hash: bigint }> = [];
+  const entries: ContactSheetEntry[] = [];
+  const liveDatasetKeys = new Set<string>();
+  let done = 0;
+  const ordered = manifest.photos;
+  for (const photo of ordered) {
+    options.onProgress?.('crop', done, ordered.length, photo.name);
+    await preparePhoto(photo);
+    done++;
+  }
+  options.onProgress?.('crop', done, ordered.length, '');
+
+  // Phase 4: review.
+  options.onProgress?.('review', 0, 1, 'contact sheet');
+  const title = `${manifest.name}: ${subject.trigger} ${subject.classNoun} (${subject.kind}, ${manifest.base}, ${settings.resolution} px)`;
+  const counts = {
+    accepted: ordered.filter((p) => p.status === 'accepted').length,
+    excluded: ordered.filter((p) => p.status === 'excluded').length,
+    rejected: ordered.filter((p) => p.status === 'rejected').length,
+  };
+  const subtitle = `framing ${settings.framing} · identity ${isPerson ? settings.identity : 'n/a'} · caption template "${settings.captionTemplate}"${ambiguity ? ` · identity unsure: ${ambiguity}` : ''}`;
+  await store.put(keys.contactSheetPng, await renderContactSheetPng(entries, { title, subtitle }), { contentType: 'image/png' });
+  await store.put(keys.contactSheetHtml, await renderContactSheetHtml(entries, { title, subtitle }), { contentType: 'text/html; charset=utf-8' });
+  options.onProgress?.('review', 1, 1, '');
+
+  manifest.state = 'prepared';
+  manifest.prepared = { at: new Date().toISOString(), contactSheet: { png: keys.contactSheetPng, html: keys.contactSheetHtml }, counts };
+  await sessions.save(manifest);
+
+  // Only now that the manifest no longer names them is it safe to drop stale dataset objects.
+  for await (const info of listAll(store, keys.datasetPrefix)) {
+    if (!liveDatasetKeys.has(info.key)) await store.delete(info.key);
+  }
+
+  return {
+    session: name,
+    counts,
+    photos: ordered.map((p) => ({ name: p.name, sha256: p.sha256, status: p.status, flags: p.flags, reason: p.reason, crop: p.crop, face: p.face })),
+    contactSheet: { png: keys.contactSheetPng, html: keys.contactSheetHtml },
+    analysed,
+    elapsedMs: Date.now() - started,
+  };
+
+  async function readCachedAnalysis(key: string): Promise<Analysis | null> {
+    if (!(await store.head(key))) return null;
+    try {
+      const a = (await readJson(store, key)) as Analysis;
+      return a.version === ANALYSIS_VERSION ? a : null;
+    } catch {
+      return null;
+    }
+  }
+
+  async function decodeStored(photo: PhotoRecord) {
+    const bytes = await readAll(store, photo.key as string);
+    return decodePhoto(bytes, photo.name, { targetSize: settings.resolution });
+  }
+
+  async function preparePhoto(photo: PhotoRecord): Promise<void> {
+    resetResult(photo);
+    const analysis = analyses.get(photo.sha256);
+    if (photo.key === null || !analysis) {
+      photo.status = 'rejected';
+      photo.reason = photo.key === null ? photo.reason : (decodeFailures.get(photo.sha256) ?? 'could not be analysed');
+      entries.push(entryFor(photo, null, null));
+      return;
+    }
+    photo.source = analysis.source;
+    photo.warnings = analysis.warnings;
+    const faces = faceOf(analysis);
+    const checks: PhotoCheck[] = [];
+    let exclude: string | null = null;
+
+    // Which face is the subject's.
+    let face: DetectedFace | null = null;
+    if (isPerson) {
+      const s = subjectFace.get(photo.sha256);
+      const idx = s?.index ?? null;
+      face = idx === null ? null : (faces[idx] ?? null);
+      photo.faces = faces.map((f, i) => ({
+        box: roundRect(f.box),
+        score: round(f.score, 3),
+        subject: i === idx,
+        distance: null,
+      }));
+      if (s?.distance !== null && s?.distance !== undefined && idx !== null && photo.faces[idx]) photo.faces[idx].distance = round(s.distance, 4);
+      if (!face && faces.length > 0) {
+        checks.push({
+          flag: 'other-identity',
+          value: s?.distance === null || s?.distance === undefined ? null : round(s.distance, 3),
+          threshold: identityThreshold,
+          detail: s?.reason ?? 'the subject is not in this photo: only other people were found',
+        });
+        exclude = 'the subject is not in this photo (only other people were found); it was excluded so nobody else is trained as the subject';
+      } else if (!face) {
+        checks.push({ flag: 'no-face', value: null, threshold: null, detail: 'no face was found' });
+        exclude = 'no face was found; if the subject is in it (e.g. seen from behind), include it with `booth photo include`';
+      }
+      if (face && settings.identity === 'auto' && ambiguity && s && !s.byIdentity) {
+        checks.push({ flag: 'identity-unsure', value: null, threshold: null, detail: `chosen as the most prominent face: ${ambiguity}` });
+      }
+      if (face) {
+        photo.face = roundRect(face.box);
+        photo.faceScore = round(face.score, 3);
+        const minFace = SMALL_FACE_FRACTION * settings.resolution;
+        if (face.box.height < minFace) {
+          checks.push({
+            flag: 'small-face',
+            value: Math.round(face.box.height),
+            threshold: Math.round(minFace),
+            detail: `the face is ${Math.round(face.box.height)} px tall, under ${Math.round(minFace)} px: little detail for ${settings.resolution} px training`,
+          });
+        }
+      }
+    }
+
+    // Near-duplicates: keep the first added, exclude later ones.
+    const hash = BigInt(`0x${analysis.phash}`);
+    const twin = hashes.find((h) => hammingDistance(h.hash, hash) <= NEAR_DUPLICATE_DISTANCE);
+    if (twin) {
+      const d = hammingDistance(twin.hash, hash);
+      checks.push({ flag: 'near-duplicate', value: d, threshold: NEAR_DUPLICATE_DISTANCE, detail: `nearly identical to "${twin.name}" (hash distance ${d})` });
+      exclude ??= `nearly identical to "${twin.name}"; duplicates over-weight one photo`;
+    }
+
+    if (photo.override === 'exclude') exclude = 'excluded by hand';
+    else if (photo.override === 'include') exclude = null;
+    photo.checks = checks;
+    photo.flags = checks.map((c) => c.flag);
+    // A photo of someone else gets no crop: showing one would suggest training on that person.
+    if (exclude && checks.some((c) => c.flag === 'other-identity')) {
+      photo.status = 'excluded';
+      photo.reason = exclude;
+      const preview = await readAll(store, keys.preview(photo.sha256)).catch(() => null);
+      entries.push(entryFor(photo, preview, null));
+      return;
+    }
+
+    // Crop plan and render need the pixels.
+    let image: RawImage;
+    const bytes = await readAll(store, photo.key);
+    try {
+      image = (await decodePhoto(bytes, photo.name, { targetSize: settings.resolution })).image;
+    } catch (err) {
+      photo.status = 'rejected';
+      photo.reason = errorMessage(err);
+      entries.push(entryFor(photo, null, null));
+      return;
+    }
+    const plan: CropPlan = face ? planFaceCrop(image, face, settings.framing, settings.resolution, { others: faces }) : await planSalientCrop(image, settings.resolution);
+    photo.crop = plan.rect;
+    photo.cropStrategy = plan.strategy;
+    photo.framing = plan.framing;
+    photo.framingAchieved = plan.framingAchieved;
+    photo.head = plan.head ? roundRect(plan.head) : null;
+    photo.headInside = plan.headInside;
+    photo.upscale = round(plan.upscale, 3);
+    if (plan.upscale > MAX_UPSCALE) {
+      checks.push({
+        flag: 'low-resolution',
+        value: round(plan.upscale, 2),
+        threshold: MAX_UPSCALE,
+        detail: `the crop is ${plan.rect.width} px and is upscaled ${plan.upscale.toFixed(2)}× to ${settings.resolution} px`,
+      });
+    }
+    if (plan.headInside === false) {
+      checks.push({ flag: 'head-cut', value: null, threshold: null, detail: 'the head reaches the photo edge, so it cannot be fully inside the crop' });
+    }
+    const blur = await blurScore(image, face ? (plan.head ?? face.box) : plan.rect);
+    if (blur < BLUR_THRESHOLD) {
+      checks.push({ flag: 'blurry', value: round(blur, 1), threshold: BLUR_THRESHOLD, detail: `sharpness ${blur.toFixed(1)} is under ${BLUR_THRESHOLD} (variance of the Laplacian)` });
+    }
+    photo.checks = checks;
+    photo.flags = checks.map((c) => c.flag);
+    let result: Buffer | null = null;
+    if (exclude) {
+      photo.status = 'excluded';
+      photo.reason = exclude;
+    } else {
+      photo.status = 'accepted';
+      // Only accepted photos are references for near-duplicates: a twin of an excluded photo is not a duplicate of anything trained on.
+      hashes.push({ sha256: photo.sha256, name: photo.name, hash });
+      const stem = photo.sha256.slice(0, 16);
+      const png = await renderCrop(image, plan.rect, settings.resolution);
+      await store.put(keys.datasetImage(stem), png, { contentType: 'image/png' });
+      await store.put(keys.datasetCaption(stem), `${caption}\n`, { contentType: 'text/plain; charset=utf-8' });
+      liveDatasetKeys.add(keys.datasetImage(stem));
+      liveDatasetKeys.add(keys.datasetCaption(stem));
+      photo.datasetKey = keys.datasetImage(stem);
+      photo.caption = caption;
+      photo.captionSource = 'template';
+      result = png;
+    }
+    const preview = await readAll(store, keys.preview(photo.sha256)).catch(() => null);
+    entries.push(entryFor(photo, preview, result ? await thumbnail(result) : null));
+  }
+
+  function entryFor(photo: PhotoRecord, preview: Buffer | null, result: Buffer | null): ContactSheetEntry {
+    return {
+      name: photo.name,
+      status: photo.status === 'pending' ? 'rejected' : photo.status,
+      reason: photo.reason,
+      flags: photo.checks.map((c) => ({ flag: c.flag, value: c.value ?? undefined, detail: c.detail })),
+      caption: photo.caption,
+      source: photo.source ? { width: photo.source.width, height: photo.source.height } : null,
+      preview,
+      faces: photo.faces.map((f) => ({ box: f.box, score: f.score, subject: f.subject })),
+      crop: photo.crop,
+      head: photo.head,
+      result,
+    };
+  }
+}
+
+/** Clear a record's preparation results (kept: identity of the file, override). */
+function resetResult(p: PhotoRecord): void {
+  if (p.key !== null) {
+    p.status = 'pending';
+    p.reason = null;
+  }
+  p.flags = [];
+  p.checks = [];
+  p.faces = [];
+  p.face = null;
+  p.faceScore = null;
+  p.crop = null;
+  p.cropStrategy = null;
+  p.framing = null;
+  p.framingAchieved = null;
+  p.head = null;
+  p.headInside = null;
+  p.upscale = null;
+  p.caption = null;
+  p.captionSource = null;
+  p.datasetKey = null;
+}
+
+async function previewJpeg(image: RawImage): Promise<Buffer> {
+  return sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })
+    .resize(PREVIEW_SIDE, PREVIEW_SIDE, { fit: 'inside', withoutEnlargement: true })
+    .jpeg({ quality: 82 })
+    .toBuffer();
+}
+
+async function thumbnail(png: Buffer): Promise<Buffer> {
+  return sharp(png).resize(256, 256, { fit: 'inside' }).jpeg({ quality: 85 }).toBuffer();
+}
+
+function round(v: number, digits: number): number {
+  const f = 10 ** digits;
+  return Math.round(v * f) / f;
+}
+
+function roundRect(r: Rect): Rect {
+  const x = Math.max(0, Math.round(r.x));
+  const y = Math.max(0, Math.round(r.y));
+  return { x, y, width: Math.max(1, Math.round(r.width)), height: Math.max(1, Math.round(r.height)) };
+}
