@@ -24,16 +24,12 @@ import { sessionKeys, type SessionStore } from '../sessions/store.js';
 import { renderContactSheetHtml, renderContactSheetPng, type ContactSheetEntry } from './contact-sheet.js';
 import { planFaceCrop, planSalientCrop, renderCrop } from './crop.js';
 import { decodePhoto } from './decode.js';
-import { createFaceDetector, type FaceDetector } from './faces.js';
+import type { FaceDetector } from './faces.js';
+import { ANALYSIS_VERSION, type Analysis } from './analyse.js';
+import { createAnalyser, type Analyser } from './analysis-pool.js';
 import { DEFAULT_IDENTITY_THRESHOLD, largestFace, resolveIdentities } from './identity.js';
-import { BLUR_THRESHOLD, NEAR_DUPLICATE_DISTANCE, blurScore, hammingDistance, perceptualHash } from './quality.js';
+import { BLUR_THRESHOLD, NEAR_DUPLICATE_DISTANCE, blurScore, hammingDistance } from './quality.js';
 import type { CropPlan, DetectedFace, Framing, RawImage, Rect } from './types.js';
-
-/**
- * Version of the cached analysis. Bump when detection settings or the analysis shape change, so
- * stale caches are recomputed instead of trusted.
- */
-export const ANALYSIS_VERSION = 1;
 
 /**
  * A face box smaller than this fraction of the training resolution carries too little identity
@@ -44,9 +40,6 @@ export const SMALL_FACE_FRACTION = 0.2;
 /** Crops upscaled more than this are flagged `low-resolution`. */
 export const MAX_UPSCALE = 1.5;
 
-/** Longest side of the cached review preview, px. */
-const PREVIEW_SIDE = 512;
-
 /** Options of {@link prepareSession}. */
 export interface PrepareOptions {
   /** Override (and persist) the session's framing. */
@@ -56,8 +49,13 @@ export interface PrepareOptions {
   logger?: Logger;
   /** Progress callback: phase, items done, items total, current photo name. */
   onProgress?: (phase: 'analyse' | 'crop' | 'review', done: number, total: number, item: string) => void;
-  /** Reuse a detector (tests, servers); otherwise one is created on demand and disposed. */
+  /**
+   * Analyse in-process with this detector (tests, embedding); otherwise photos are analysed in a
+   * pool of worker threads, one detector each, created on demand and closed afterwards.
+   */
   detector?: FaceDetector;
+  /** Worker threads for analysis (default: one per core, at most 4; 1 analyses in-process). */
+  threads?: number;
 }
 
 /** Summary of a prepare run. */
@@ -69,17 +67,8 @@ export interface PrepareReport {
   /** Photos analysed in this run (not served from the cache). */
   analysed: number;
   elapsedMs: number;
-}
-
-/** Cached per-photo analysis (JSON). */
-interface Analysis {
-  version: number;
-  sha256: string;
-  source: { width: number; height: number; format: string; orientation: number };
-  warnings: string[];
-  faces: Array<{ box: Rect; score: number; landmarks: Array<{ x: number; y: number }>; descriptor: number[] }>;
-  /** 64-bit perceptual hash, hex. */
-  phash: string;
+  /** Wall-clock milliseconds per phase (analyse includes loading the face models when needed). */
+  phaseMs: { analyse: number; identity: number; crop: number; review: number };
 }
 
 /**
@@ -104,56 +93,60 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
   const isPerson = subject.kind === 'person';
   const stored = manifest.photos.filter((p) => p.key !== null);
 
-  // Phase 1: analyse (cached by content hash).
-  let detector = options.detector ?? null;
-  const ownDetector = !options.detector;
+  const phaseMs = { analyse: 0, identity: 0, crop: 0, review: 0 };
+  let mark = Date.now();
+  const lap = (phase: keyof typeof phaseMs) => {
+    const now = Date.now();
+    phaseMs[phase] = now - mark;
+    mark = now;
+  };
+
+  // Phase 1: analyse (cached by content hash), several photos at once.
   const analyses = new Map<string, Analysis>();
   const decodeFailures = new Map<string, string>();
   let analysed = 0;
-  try {
-    let done = 0;
-    for (const photo of stored) {
-      options.onProgress?.('analyse', done, stored.length, photo.name);
-      const cacheKey = keys.analysis(photo.sha256);
-      const cached = await readCachedAnalysis(cacheKey);
-      if (cached) {
-        analyses.set(photo.sha256, cached);
-      } else {
-        // Only decoding and detection failures are about the photo; storage errors propagate.
-        let result: { analysis: Analysis; preview: Buffer } | null = null;
+  const todo: PhotoRecord[] = [];
+  for (const photo of stored) {
+    const cached = await readCachedAnalysis(keys.analysis(photo.sha256));
+    if (cached) analyses.set(photo.sha256, cached);
+    else todo.push(photo);
+  }
+  if (todo.length > 0) {
+    const analyser = await createAnalyser({ faces: isPerson, detector: options.detector, threads: options.threads, photos: todo.length, logger });
+    let next = 0;
+    let done = stored.length - todo.length;
+    options.onProgress?.('analyse', done, stored.length, '');
+    const runner = async (): Promise<void> => {
+      while (next < todo.length) {
+        const photo = todo[next++] as PhotoRecord;
+        const bytes = await readAll(store, photo.key as string);
+        // Only decoding failures are about the photo; model and storage errors stop the run.
+        let result: Awaited<ReturnType<Analyser['analyse']>> | null = null;
         try {
-          const image = await decodeStored(photo);
-          if (isPerson && !detector) detector = await createFaceDetector({ logger });
-          const faces = isPerson && detector ? await detector.detect(image.image) : [];
-          result = {
-            analysis: {
-              version: ANALYSIS_VERSION,
-              sha256: photo.sha256,
-              source: { width: image.image.width, height: image.image.height, format: image.source.format, orientation: image.source.orientation },
-              warnings: image.warnings,
-              faces: faces.map((f) => ({ box: f.box, score: f.score, landmarks: f.landmarks, descriptor: Array.from(f.descriptor) })),
-              phash: (await perceptualHash(image.image)).toString(16).padStart(16, '0'),
-            },
-            preview: await previewJpeg(image.image),
-          };
+          result = await analyser.analyse({ bytes, sha256: photo.sha256, name: photo.name, targetSize: settings.resolution });
         } catch (err) {
-          if (isBoothError(err, 'FACE_MODEL')) throw err;
-          decodeFailures.set(photo.sha256, errorMessage(err));
-          logger.warn({ photo: photo.name, err: errorMessage(err) }, 'photo could not be analysed');
+          if (!isBoothError(err) || !err.code.startsWith('IMAGE_')) throw err;
+          decodeFailures.set(photo.sha256, err.message);
+          logger.warn({ photo: photo.name, err: err.message }, 'photo could not be analysed');
         }
         if (result) {
           await store.put(keys.preview(photo.sha256), result.preview, { contentType: 'image/jpeg' });
-          await putJson(store, cacheKey, result.analysis);
+          await putJson(store, keys.analysis(photo.sha256), result.analysis);
           analyses.set(photo.sha256, result.analysis);
           analysed++;
         }
+        options.onProgress?.('analyse', ++done, stored.length, photo.name);
       }
-      done++;
+    };
+    try {
+      const outcomes = await Promise.allSettled(Array.from({ length: Math.min(analyser.concurrency, todo.length) }, runner));
+      const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+      if (failed) throw failed.reason;
+    } finally {
+      await analyser.close();
     }
-    options.onProgress?.('analyse', done, stored.length, '');
-  } finally {
-    if (ownDetector) detector?.dispose();
   }
+  lap('analyse');
 
   // Phase 2: identity.
   const faceOf = (a: Analysis): DetectedFace[] =>
@@ -177,6 +170,7 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
     }
   }
 
+  lap('identity');
   const identityThreshold = isPerson && settings.identity === 'auto' ? DEFAULT_IDENTITY_THRESHOLD : null;
 
   // Phase 3: crop, quality, dataset.
@@ -192,6 +186,7 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
     done++;
   }
   options.onProgress?.('crop', done, ordered.length, '');
+  lap('crop');
 
   // Phase 4: review.
   options.onProgress?.('review', 0, 1, 'contact sheet');
@@ -205,6 +200,7 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
   await store.put(keys.contactSheetPng, await renderContactSheetPng(entries, { title, subtitle }), { contentType: 'image/png' });
   await store.put(keys.contactSheetHtml, await renderContactSheetHtml(entries, { title, subtitle }), { contentType: 'text/html; charset=utf-8' });
   options.onProgress?.('review', 1, 1, '');
+  lap('review');
 
   manifest.state = 'prepared';
   manifest.prepared = { at: new Date().toISOString(), contactSheet: { png: keys.contactSheetPng, html: keys.contactSheetHtml }, counts };
@@ -222,6 +218,7 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
     contactSheet: { png: keys.contactSheetPng, html: keys.contactSheetHtml },
     analysed,
     elapsedMs: Date.now() - started,
+    phaseMs,
   };
 
   async function readCachedAnalysis(key: string): Promise<Analysis | null> {
@@ -232,11 +229,6 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
     } catch {
       return null;
     }
-  }
-
-  async function decodeStored(photo: PhotoRecord) {
-    const bytes = await readAll(store, photo.key as string);
-    return decodePhoto(bytes, photo.name, { targetSize: settings.resolution });
   }
 
   async function preparePhoto(photo: PhotoRecord): Promise<void> {
@@ -416,13 +408,6 @@ function resetResult(p: PhotoRecord): void {
   p.caption = null;
   p.captionSource = null;
   p.datasetKey = null;
-}
-
-async function previewJpeg(image: RawImage): Promise<Buffer> {
-  return sharp(image.data, { raw: { width: image.width, height: image.height, channels: 3 } })
-    .resize(PREVIEW_SIDE, PREVIEW_SIDE, { fit: 'inside', withoutEnlargement: true })
-    .jpeg({ quality: 82 })
-    .toBuffer();
 }
 
 async function thumbnail(png: Buffer): Promise<Buffer> {
