@@ -69,6 +69,47 @@ function checkName(name: string): string {
 
 const showProgress = (json: boolean) => !json && Boolean(process.stderr.isTTY);
 
+/** A progress callback that starts a new bar whenever the phase name changes. */
+function phasedProgress(json: boolean) {
+  const progress = createProgress(showProgress(json));
+  let phase = '';
+  return {
+    onProgress(p: string, done: number, total: number, item: string) {
+      if (p !== phase) {
+        phase = p;
+        progress.start(total, p);
+      }
+      progress.update(done, item);
+    },
+    stop() {
+      progress.stop();
+      phase = '';
+    },
+  };
+}
+
+/** `prepare` as the `prepare` and `new` commands run it: with progress, then the report. */
+async function runPrepare(ctx: Context, name: string, o: { framing?: Framing; identity?: 'auto' | 'off' }, json: boolean): Promise<void> {
+  const bars = phasedProgress(json);
+  const { prepareSession } = await loadPipeline();
+  let report;
+  try {
+    report = await prepareSession(ctx.sessions, name, { framing: o.framing, identity: o.identity, logger: ctx.logger, onProgress: bars.onProgress });
+  } finally {
+    bars.stop();
+  }
+  const m = await ctx.sessions.get(name);
+  print(json, report, () => {
+    const sheet = localPath(ctx.store, report.contactSheet.html);
+    return (
+      `${formatPhotoTable(m, ctx.store)}\n\n` +
+      `Prepared in ${(report.elapsedMs / 1000).toFixed(1)} s (${report.analysed} photo(s) analysed, the rest from cache).\n` +
+      `Review: ${sheet ?? `booth review ${name} <dir>`}\n` +
+      `Next: booth dataset export ${name} <dir>`
+    );
+  });
+}
+
 program
   .name('booth')
   .description(
@@ -166,19 +207,13 @@ program
   .action(async (name: string, paths: string[], o: { json?: boolean }) => {
     checkName(name);
     const { sessions, logger } = await context();
-    const progress = createProgress(showProgress(Boolean(o.json)));
-    let started = false;
-    const results = await addPhotos(sessions, name, paths, {
-      logger,
-      onProgress: (done, total, r) => {
-        if (!started) {
-          progress.start(total, 'adding');
-          started = true;
-        }
-        progress.update(done, r.name);
-      },
-    });
-    progress.stop();
+    const bars = phasedProgress(Boolean(o.json));
+    let results: AddResult[];
+    try {
+      results = await addPhotos(sessions, name, paths, { logger, onProgress: (done, total, r) => bars.onProgress('adding', done, total, r.name) });
+    } finally {
+      bars.stop();
+    }
     const count = (k: AddResult['outcome']) => results.filter((r) => r.outcome === k).length;
     const summary = { added: count('added'), duplicate: count('duplicate'), rejected: count('rejected'), skipped: count('skipped') };
     print(Boolean(o.json), { session: name, summary, results }, () => {
@@ -199,33 +234,7 @@ program
   .option('--json', 'print the report as JSON')
   .action(async (name: string, o: { framing?: Framing; identity?: 'auto' | 'off'; json?: boolean }) => {
     checkName(name);
-    const { sessions, logger, store } = await context();
-    const progress = createProgress(showProgress(Boolean(o.json)));
-    let phase = '';
-    const { prepareSession } = await loadPipeline();
-    const report = await prepareSession(sessions, name, {
-      framing: o.framing,
-      identity: o.identity,
-      logger,
-      onProgress: (p, done, total, item) => {
-        if (p !== phase) {
-          phase = p;
-          progress.start(total, p);
-        }
-        progress.update(done, item);
-      },
-    });
-    progress.stop();
-    const m = await sessions.get(name);
-    print(Boolean(o.json), report, () => {
-      const sheet = localPath(store, report.contactSheet.html);
-      return (
-        `${formatPhotoTable(m, store)}\n\n` +
-        `Prepared in ${(report.elapsedMs / 1000).toFixed(1)} s (${report.analysed} photo(s) analysed, the rest from cache).\n` +
-        `Review: ${sheet ?? `booth review ${name} <dir>`}\n` +
-        `Next: booth dataset export ${name} <dir>`
-      );
-    });
+    await runPrepare(await context(), name, o, Boolean(o.json));
   });
 
 program
@@ -248,7 +257,8 @@ program
       o: { trigger: string; class: string; kind: 'person' | 'object' | 'style'; base: BaseModel; framing?: Framing; identity?: 'auto' | 'off'; json?: boolean },
     ) => {
       checkName(name);
-      const { sessions, logger, store } = await context();
+      const ctx = await context();
+      const { sessions, logger } = ctx;
       const json = Boolean(o.json);
       const say = (line: string) => {
         if (!json) process.stdout.write(`${line}\n`);
@@ -270,31 +280,15 @@ program
         await sessions.create({ name, subject: { trigger: o.trigger, classNoun: o.class, kind: o.kind }, base: o.base, settings: o.framing ? { framing: o.framing } : {} });
         say(`Created session "${name}".`);
       }
-      const progress = createProgress(showProgress(json));
-      let phase = '';
-      const onProgress = (p: string, done: number, total: number, item: string) => {
-        if (p !== phase) {
-          phase = p;
-          progress.start(total, p);
-        }
-        progress.update(done, item);
-      };
-      const added = await addPhotos(sessions, name, paths, { logger, onProgress: (d, t, r) => onProgress('adding', d, t, r.name) });
-      progress.stop();
+      const bars = phasedProgress(json);
+      let added: AddResult[];
+      try {
+        added = await addPhotos(sessions, name, paths, { logger, onProgress: (d, t, r) => bars.onProgress('adding', d, t, r.name) });
+      } finally {
+        bars.stop();
+      }
       for (const r of added) if (r.outcome === 'rejected' || r.outcome === 'skipped') say(`x ${r.outcome} ${r.name}: ${r.reason ?? ''}`);
-      phase = '';
-      const { prepareSession } = await loadPipeline();
-      const report = await prepareSession(sessions, name, { framing: o.framing, identity: o.identity, logger, onProgress });
-      progress.stop();
-      const m = await sessions.get(name);
-      print(json, report, () => {
-        const sheet = localPath(store, report.contactSheet.html);
-        return (
-          `${formatPhotoTable(m, store)}\n\n` +
-          `Review: ${sheet ?? `booth review ${name} <dir>`}\n` +
-          `Next: booth dataset export ${name} <dir>`
-        );
-      });
+      await runPrepare(ctx, name, o, json);
     },
   );
 
