@@ -4,13 +4,13 @@
  * result with an uninterrupted run: no duplicate, missing or corrupt record, same dataset bytes.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, booth, boothSpawn, json } from '../helpers/cli.js';
 import { noiseImage } from '../helpers/images.js';
-import { listAll, openStore } from '../../src/storage/index.js';
+import { listAll, openStore, readAll } from '../../src/storage/index.js';
 
 const storeUrl = (root: string) => `file://${root}`;
 
@@ -83,19 +83,24 @@ describe.skipIf(!built)('restart after SIGKILL', { timeout: 240_000 }, () => {
   let reference: Shown;
   let referenceDataset: Map<string, string>;
 
-  async function datasetBytes(session: string): Promise<Map<string, string>> {
-    const d = path.join(session, 'dataset');
+  /** The dataset as the store shows it (a killed write's temp file on disk is not part of it). */
+  async function datasetBytes(root: string): Promise<Map<string, string>> {
+    const objects = await openStore(storeUrl(root));
     const out = new Map<string, string>();
-    for (const f of (await readdir(d)).sort()) out.set(f, (await readFile(path.join(d, f))).toString('base64'));
+    try {
+      for await (const info of listAll(objects, 'sessions/s/dataset/')) out.set(info.key, (await readAll(objects, info.key)).toString('base64'));
+    } finally {
+      await objects.close();
+    }
     return out;
   }
 
   it('an uninterrupted run gives the reference result', async () => {
-    const { store, session } = await fresh('reference');
+    const { root, store } = await fresh('reference');
     expect((await booth(store, ['add', 's', photos])).code).toBe(0);
     expect((await booth(store, ['prepare', 's'])).code).toBe(0);
     reference = await show(store);
-    referenceDataset = await datasetBytes(session);
+    referenceDataset = await datasetBytes(root);
     expect(reference.photos.filter((p) => p.status === 'accepted')).toHaveLength(PHOTOS);
     expect(referenceDataset.size).toBe(PHOTOS * 2);
   });
@@ -130,7 +135,7 @@ describe.skipIf(!built)('restart after SIGKILL', { timeout: 240_000 }, () => {
       const strip = (s: Shown) => s.photos.map(({ name, sha256, status, crop, flags, datasetKey, caption }) => ({ name, sha256, status, crop, flags, datasetKey, caption }));
       expect(strip(result)).toEqual(strip(reference));
       expect(new Set(result.photos.map((p) => p.sha256)).size).toBe(PHOTOS);
-      const bytes = await datasetBytes(session);
+      const bytes = await datasetBytes(root);
       expect([...bytes.keys()]).toEqual([...referenceDataset.keys()]);
       for (const [k, v] of bytes) expect(v, k).toBe(referenceDataset.get(k));
       // A write killed midway may leave its temp file on disk, but the store never shows it, and
