@@ -5,6 +5,7 @@
  * (`analysis-pool.ts`), and its result is cached by content hash.
  */
 import sharp from 'sharp';
+import { BoothError, errorMessage, isBoothError } from '../errors.js';
 import { decodePhoto } from './decode.js';
 import type { FaceDetector } from './faces.js';
 import { perceptualHash } from './quality.js';
@@ -52,6 +53,17 @@ export interface AnalyseInput {
  * const { analysis, preview } = await analysePhoto({ bytes, sha256, name: '01.jpg', targetSize: 512 }, detector);
  */
 export async function analysePhoto(input: AnalyseInput, detector: FaceDetector | null): Promise<{ analysis: Analysis; preview: Buffer }> {
+  try {
+    return await analyse(input, detector);
+  } catch (err) {
+    if (isBoothError(err)) throw err;
+    // Anything else that failed on these bytes is about this photo: report it as such, so one
+    // bad photo never stops the others (in-process and in a worker alike).
+    throw new BoothError('IMAGE_UNREADABLE', `${JSON.stringify(input.name)}: cannot be analysed: ${errorMessage(err)}`, { cause: err });
+  }
+}
+
+async function analyse(input: AnalyseInput, detector: FaceDetector | null): Promise<{ analysis: Analysis; preview: Buffer }> {
   const decoded = await decodePhoto(input.bytes, input.name, { targetSize: input.targetSize });
   const image = decoded.image;
   const faces = detector ? await detector.detect(image) : [];

@@ -88,7 +88,9 @@ export async function createAnalyser(options: AnalyserOptions): Promise<Analyser
         throw new BoothError('FACE_MODEL', `analysis worker failed on ${input.name}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
       }
       if (!result.ok) {
-        throw new BoothError(result.code === 'INTERNAL' ? 'IMAGE_UNREADABLE' : (result.code as BoothErrorCode), result.message);
+        // analysePhoto reports every failure about the photo as a BoothError, so INTERNAL means
+        // the worker's own setup failed (models, backend): that stops the run, as in-process.
+        throw new BoothError(result.code === 'INTERNAL' ? 'FACE_MODEL' : (result.code as BoothErrorCode), result.message);
       }
       return { analysis: result.analysis, preview: Buffer.from(result.preview) };
     },

@@ -221,13 +221,15 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
     phaseMs,
   };
 
+  /** The cached analysis, or null when missing, unreadable or of another version (then recomputed). */
   async function readCachedAnalysis(key: string): Promise<Analysis | null> {
-    if (!(await store.head(key))) return null;
     try {
       const a = (await readJson(store, key)) as Analysis;
       return a.version === ANALYSIS_VERSION ? a : null;
-    } catch {
-      return null;
+    } catch (err) {
+      // Missing, or damaged (not JSON): recompute. A storage outage still propagates.
+      if (isBoothError(err, 'NOT_FOUND') || (isBoothError(err, 'STORAGE') && err.cause instanceof SyntaxError)) return null;
+      throw err;
     }
   }
 
