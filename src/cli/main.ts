@@ -7,43 +7,16 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { BoothError, errorMessage, isBoothError } from '../errors.js';
-import { createLogger, type Logger } from '../log.js';
 import { BASE_MODELS, BASE_MODEL_INFO, type BaseModel } from '../sessions/base-models.js';
 import { FRAMINGS, type Framing } from '../preprocess/types.js';
-import { openStore } from '../storage/index.js';
-import type { ObjectStore } from '../storage/types.js';
-import { SessionStore, assertSessionName } from '../sessions/store.js';
 import { addPhotos, type AddResult } from '../sessions/intake.js';
 import { exportDataset, exportReview } from '../sessions/dataset.js';
-import { createProgress } from './progress.js';
+import { checkName, createCli, phasedProgress, print, usage, type Context } from './shared.js';
 import { formatPhotoTable, formatSessionList, localPath } from './format.js';
 
-interface GlobalOptions {
-  store?: string;
-  logLevel?: string;
-}
-
-/** Everything a command needs, opened lazily so `--help` never touches storage. */
-interface Context {
-  store: ObjectStore;
-  sessions: SessionStore;
-  logger: Logger;
-}
-
 const program = new Command();
-let openedStore: ObjectStore | null = null;
-
-async function context(): Promise<Context> {
-  const opts = program.opts<GlobalOptions>();
-  const logger = createLogger(opts.logLevel);
-  const store = await openStore(opts.store);
-  openedStore = store;
-  return { store, sessions: new SessionStore(store), logger };
-}
-
-function print(json: boolean, value: unknown, human: () => string): void {
-  process.stdout.write(json ? `${JSON.stringify(value, null, 2)}\n` : `${human()}\n`);
-}
+const cli = createCli(program);
+const context = cli.context;
 
 /**
  * The prepare pipeline pulls in TensorFlow.js and the face models; load it only for the commands
@@ -51,41 +24,6 @@ function print(json: boolean, value: unknown, human: () => string): void {
  */
 async function loadPipeline() {
   return import('../preprocess/pipeline.js');
-}
-
-/** A command-line usage problem (exit code 2). */
-function usage(message: string): never {
-  throw new CommanderError(2, 'booth.usage', `error: ${message}`);
-}
-
-function checkName(name: string): string {
-  try {
-    assertSessionName(name);
-  } catch (err) {
-    usage(errorMessage(err));
-  }
-  return name;
-}
-
-const showProgress = (json: boolean) => !json && Boolean(process.stderr.isTTY);
-
-/** A progress callback that starts a new bar whenever the phase name changes. */
-function phasedProgress(json: boolean) {
-  const progress = createProgress(showProgress(json));
-  let phase = '';
-  return {
-    onProgress(p: string, done: number, total: number, item: string) {
-      if (p !== phase) {
-        phase = p;
-        progress.start(total, p);
-      }
-      progress.update(done, item);
-    },
-    stop() {
-      progress.stop();
-      phase = '';
-    },
-  };
 }
 
 /** `prepare` as the `prepare` and `new` commands run it: with progress, then the report. */
@@ -365,7 +303,7 @@ async function main(): Promise<void> {
       process.exitCode = 1;
     }
   } finally {
-    await openedStore?.close();
+    await cli.close();
   }
 }
 
