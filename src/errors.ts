@@ -18,7 +18,15 @@ export type BoothErrorCode =
   | 'IMAGE_TOO_LARGE'
   | 'IMAGE_TOO_SMALL'
   | 'FACE_MODEL'
-  | 'CONFLICT';
+  | 'CONFLICT'
+  /** The machine cannot run the job (no GPU, too little VRAM, trainer packages missing). */
+  | 'ENVIRONMENT'
+  /** The trainer failed or the run is in a state that does not allow the request. */
+  | 'TRAINING'
+  /** Captioning failed for one photo (refusal, malformed output, timeout after retries); the others go on. */
+  | 'CAPTION_FAILED'
+  /** The captioning endpoint refused the whole job (bad key, unknown model, bad request). */
+  | 'CAPTION_SERVICE';
 
 /**
  * An error a person can act on.

@@ -11,6 +11,7 @@ import { BASE_MODELS, BASE_MODEL_INFO, type BaseModel } from '../sessions/base-m
 import { FRAMINGS, type Framing } from '../preprocess/types.js';
 import { addPhotos, type AddResult } from '../sessions/intake.js';
 import { exportDataset, exportReview } from '../sessions/dataset.js';
+import { registerTrainCommands } from './train.js';
 import { checkName, createCli, phasedProgress, print, usage, type Context } from './shared.js';
 import { formatPhotoTable, formatSessionList, localPath } from './format.js';
 
@@ -281,6 +282,8 @@ program
     const files = await exportReview(sessions, name, dir);
     print(Boolean(o.json), { files }, () => `Wrote ${files.join(' and ')}`);
   });
+
+registerTrainCommands(cli);
 
 async function main(): Promise<void> {
   const json = process.argv.includes('--json');
