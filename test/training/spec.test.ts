@@ -1,0 +1,143 @@
+/** The job spec: presets, validation messages, step arithmetic, extension, overrides, and the JSON Schema the trainer reads. */
+import { readFile } from 'node:fs/promises';
+import { describe, expect, it } from 'vitest';
+import { BoothError } from '../../src/errors.js';
+import { applySet } from '../../src/training/control.js';
+import { estimateVramGb, assertHostFits } from '../../src/training/requirements.js';
+import { extendSpec, jobSpecJsonSchema, parseJobSpec, presetSpec, stagesOf, totalSteps, PRESETS } from '../../src/training/spec.js';
+import type { CheckReport } from '../../src/training/protocol.js';
+
+const input = { session: 'alice', run: '20261122-120000-abcd', trigger: 'ohwx', classNoun: 'woman', base: 'sd15' as const };
+
+describe('presets', () => {
+  it('face-sd15 carries the fast-DreamBooth defaults', () => {
+    const s = presetSpec('face-sd15', input);
+    expect(s).toMatchObject({
+      batchSize: 1,
+      optimizer: { type: 'adamw8bit' },
+      mixedPrecision: 'fp16',
+      schedule: { type: 'two-stage', textEncoder: { steps: 350, learningRate: 1e-6 }, unet: { steps: 1500, learningRate: 2e-6 } },
+      lrScheduler: { type: 'linear', warmupSteps: 0 },
+      resolution: 512,
+      base: { architecture: 'sd1', model: 'stable-diffusion-v1-5/stable-diffusion-v1-5' },
+      data: { instancePrompt: 'photo of ohwx woman' },
+    });
+    expect(stagesOf(s)).toEqual([
+      { name: 'text_encoder', steps: 350, start: 0 },
+      { name: 'unet', steps: 1500, start: 350 },
+    ]);
+    expect(totalSteps(s)).toBe(1850);
+  });
+
+  it('object-sd15 uses prior preservation and skips the empty text-encoder stage', () => {
+    const s = presetSpec('object-sd15', { ...input, classNoun: 'backpack' });
+    expect(s.prior).toMatchObject({ enabled: true, classPrompt: 'photo of a backpack', classImages: 200, lossWeight: 1 });
+    expect(stagesOf(s).map((x) => x.name)).toEqual(['unet']);
+  });
+
+  it('face-lora-sdxl is a 1024 px LoRA and refuses SD 1.5 sessions (and vice versa)', () => {
+    const s = presetSpec('face-lora-sdxl', { ...input, base: 'sdxl' });
+    expect(s).toMatchObject({ mode: { type: 'lora', rank: 16, alpha: 16 }, resolution: 1024, base: { architecture: 'sdxl' }, gradientCheckpointing: true });
+    expect(() => presetSpec('face-lora-sdxl', input)).toThrow(/for SDXL sessions/);
+    expect(() => presetSpec('face-sd15', { ...input, base: 'sdxl' })).toThrow(/face-lora-sdxl/);
+  });
+
+  it('a preset on SD 2.1 trains at 768 px on the sd2 architecture', () => {
+    expect(presetSpec('face-sd15', { ...input, base: 'sd21' })).toMatchObject({ resolution: 768, base: { architecture: 'sd2' } });
+  });
+});
+
+describe('parseJobSpec', () => {
+  const valid = presetSpec('face-sd15', input);
+
+  it('names every bad field', () => {
+    const bad = { ...valid, resolution: 500, optimizer: { type: 'sgd' }, schedule: { ...valid.schedule, unet: { steps: -1, learningRate: 2e-6 } } };
+    let err: unknown;
+    try {
+      parseJobSpec(bad, 'spec.json');
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(BoothError);
+    const message = (err as BoothError).message;
+    expect(message).toMatch(/^spec\.json is invalid/);
+    expect(message).toMatch(/resolution: .*64/);
+    expect(message).toMatch(/optimizer\.type/);
+    expect(message).toMatch(/schedule\.unet\.steps/);
+  });
+
+  it('rejects unknown fields (typos must not be silently ignored) and a spec that trains nothing', () => {
+    expect(() => parseJobSpec({ ...valid, gradientCheckpoint: true })).toThrow(/gradientCheckpoint/);
+    expect(() => parseJobSpec({ ...valid, schedule: { type: 'two-stage', textEncoder: { steps: 0, learningRate: 1e-6 }, unet: { steps: 0, learningRate: 1e-6 } } })).toThrow(/0 steps/);
+  });
+
+  it('fills defaults', () => {
+    const { resumeState, samples, ...rest } = valid;
+    const s = parseJobSpec(rest);
+    expect(s.resumeState).toEqual({ every: 250, keep: 2 });
+    expect(s.samples.steps).toBe(25);
+    expect(resumeState).toBeDefined();
+    expect(samples).toBeDefined();
+  });
+});
+
+describe('extendSpec', () => {
+  it('grows the last stage to the new total', () => {
+    const s = extendSpec(presetSpec('face-sd15', input), 2500);
+    expect(s.schedule).toMatchObject({ textEncoder: { steps: 350 }, unet: { steps: 2150 } });
+    expect(totalSteps(s)).toBe(2500);
+  });
+  it('refuses a total that is not larger', () => {
+    expect(() => extendSpec(presetSpec('face-sd15', input), 1850)).toThrow(/above the run's current total of 1850/);
+  });
+});
+
+describe('applySet', () => {
+  it('sets nested fields with JSON values and plain strings', () => {
+    expect(applySet({ a: { b: 1 } }, 'a.b=2')).toEqual({ a: { b: 2 } });
+    expect(applySet({}, 'mixedPrecision=bf16')).toEqual({ mixedPrecision: 'bf16' });
+    expect(applySet({}, 'samples.prompts=["a","b"]')).toEqual({ samples: { prompts: ['a', 'b'] } });
+  });
+  it('rejects malformed assignments and paths through non-objects', () => {
+    expect(() => applySet({}, 'novalue')).toThrow(/field\.path=value/);
+    expect(() => applySet({ a: 1 }, 'a.b=2')).toThrow(/"a" is not an object/);
+    expect(() => applySet({}, '__proto__.x=1')).toThrow(/field\.path=value/);
+  });
+});
+
+describe('requirements', () => {
+  const report = (free: number, extra: Partial<CheckReport> = {}): CheckReport => ({
+    event: 'check', protocol: 1, python: '3.11', torch: '2.5.1', cuda: '12.4', diffusers: '0.31.0', bitsandbytes: '0.44.1', bf16: true,
+    gpus: [{ index: 0, name: 'GPU', total_gb: 80, free_gb: free }], problems: [], ...extra,
+  });
+  it('estimates more memory for full SDXL than for an SD 1.5 fine-tune, and less with 8-bit AdamW', () => {
+    const sd15 = presetSpec('face-sd15', input);
+    const sd15AdamW = parseJobSpec({ ...sd15, optimizer: { type: 'adamw' } });
+    expect(estimateVramGb(sd15AdamW).gb).toBeGreaterThan(estimateVramGb(sd15).gb);
+    const lora = presetSpec('face-lora-sdxl', { ...input, base: 'sdxl' });
+    const fullXl = parseJobSpec({ ...lora, mode: { type: 'full' } });
+    expect(estimateVramGb(fullXl).gb).toBeGreaterThan(estimateVramGb(lora).gb * 2);
+  });
+  it('refuses a host without a GPU, without enough free memory, or without bitsandbytes for 8-bit AdamW', () => {
+    const s = presetSpec('face-sd15', input);
+    expect(() => assertHostFits(s, report(79, { gpus: [] }))).toThrow(/no CUDA GPU/);
+    expect(() => assertHostFits(s, report(2))).toThrow(/needs about .* GiB .* 2\.0 GiB free.*gradientCheckpointing true/);
+    expect(() => assertHostFits(s, report(79, { bitsandbytes: null }))).toThrow(/bitsandbytes/);
+    expect(() => assertHostFits(s, report(79, { problems: ['diffusers is not installed'] }))).toThrow(/diffusers is not installed/);
+    expect(assertHostFits(s, report(79)).gb).toBe(estimateVramGb(s).gb);
+  });
+});
+
+describe('JSON Schema for the trainer', () => {
+  it('trainer/booth_trainer/spec.schema.json matches the zod schema (run `npm run gen:schema` after changing spec.ts)', async () => {
+    const committed = JSON.parse(await readFile(new URL('../../trainer/booth_trainer/spec.schema.json', import.meta.url), 'utf8')) as unknown;
+    expect(committed).toEqual(jobSpecJsonSchema());
+  });
+  it('every preset validates against its own schema shape (required fields present)', () => {
+    const schema = jobSpecJsonSchema() as { required: string[] };
+    for (const p of PRESETS) {
+      const s = presetSpec(p, { ...input, base: p === 'face-lora-sdxl' ? 'sdxl' : 'sd15' }) as unknown as Record<string, unknown>;
+      for (const field of schema.required) expect(s[field], `${p}.${field}`).toBeDefined();
+    }
+  });
+});
