@@ -182,7 +182,9 @@ export async function pruneStoredStates(store: ObjectStore, statePrefix: string,
 }
 
 /**
- * Mirrors the objects under `prefix` into `dir`: downloads what is missing or differs in size,
+ * Mirrors the objects under `prefix` into `dir`: downloads what is missing or differs in size
+ * (dataset images are content-addressed, so a same-named file of the same size is the same file;
+ * pass `alwaysRefresh` for files edited in place, such as captions),
  * deletes local files the store no longer has (a photo excluded since the last run must not be
  * trained on). Each file is written to a temporary name and renamed.
  *
