@@ -2,8 +2,8 @@
  * Training commands: `train`, `runs`, `status`, `logs`, `stop`, `resume`, `extend` (the control
  * plane, on any machine that reaches the store) and `worker` (on the GPU host, started by a
  * launcher). A run is named by its session and, optionally, its id; without an id the newest run
- * of the session is meant. Exit codes: 0 ok, 1 failure, 2 usage; `worker` exits 75 when it
- * stopped with a resume state (stopped or preempted).
+ * of the session is meant. Exit codes: 0 ok, 1 failure, 2 usage; `worker` exits 75 when it was
+ * preempted with a resume state (a scheduler should requeue it) and 76 when a person stopped it.
  */
 import { readFile } from 'node:fs/promises';
 import { Option } from 'commander';
@@ -325,7 +325,7 @@ export function registerTrainCommands(cli: Cli): void {
     .description(
       'run one attempt of a training run on this GPU host (launchers start this; you rarely need to). ' +
         'Pulls spec, dataset and the newest resume state from the store, checks the GPU, runs the trainer, uploads progress, states and the model. ' +
-        'Exit 0 done, 75 stopped/preempted (resumable), 1 failed. Trainer command: $BOOTH_TRAINER, else $BOOTH_PYTHON -m booth_trainer',
+        'Exit 0 done, 75 preempted (resumable; requeue it), 76 stopped by `booth stop` (resumable), 1 failed. Trainer command: $BOOTH_TRAINER, else $BOOTH_PYTHON -m booth_trainer',
     )
     .option('--attempt <n>', 'attempt number (names the log object)', positiveInt('--attempt'), 1)
     .option('--work-dir <dir>', 'local work directory (default $BOOTH_WORK_DIR/<session>/<run> or ~/.cache/booth/work/…)')

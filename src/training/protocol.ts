@@ -11,6 +11,11 @@ export const PROTOCOL_VERSION = 1;
 
 /** Exit code of a trainer (and worker) that stopped on a signal with a resume state: EX_TEMPFAIL. */
 export const EXIT_PREEMPTED = 75;
+/**
+ * Exit code of a worker stopped on a person's request (`booth stop`): resumable, but a scheduler
+ * must not requeue it (75 asks for a requeue).
+ */
+export const EXIT_STOPPED = 76;
 /** Exit code for an invalid command line or spec. */
 export const EXIT_USAGE = 2;
 

@@ -20,7 +20,7 @@ import { BoothError, errorMessage, isBoothError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ObjectStore } from '../storage/types.js';
 import { sessionKeys } from '../sessions/store.js';
-import { EXIT_PREEMPTED, checkReportSchema, parseEventLine, type TrainerEvent } from './protocol.js';
+import { EXIT_PREEMPTED, EXIT_STOPPED, checkReportSchema, parseEventLine, type TrainerEvent } from './protocol.js';
 import { assertHostFits } from './requirements.js';
 import { RunStore, runKeys, type RunState, type RunStatus } from './runs.js';
 import { totalSteps, type JobSpec } from './spec.js';
@@ -55,7 +55,7 @@ export interface WorkerOptions {
 /** How the worker ended. */
 export interface WorkerResult {
   state: RunState;
-  /** Process exit code to use: 0 done, 75 stopped/preempted (resumable), 1 failed. */
+  /** Process exit code to use: 0 done, 75 preempted (resumable; a scheduler may requeue), 76 stopped on request (resumable), 1 failed. */
   exitCode: number;
   step: number;
   message: string;
@@ -311,7 +311,7 @@ class Worker {
 
   private async stoppedBeforeTraining(from: number | null): Promise<WorkerResult> {
     const state = await this.stoppedState();
-    return { state, exitCode: EXIT_PREEMPTED, step: from ?? 0, message: `${state} before training started; \`booth resume ${this.o.session}\` continues from ${from === null ? 'the beginning' : `step ${from}`}` };
+    return { state, exitCode: state === 'stopped' ? EXIT_STOPPED : EXIT_PREEMPTED, step: from ?? 0, message: `${state} before training started; \`booth resume ${this.o.session}\` continues from ${from === null ? 'the beginning' : `step ${from}`}` };
   }
 
   /** `stopped` when a person asked (`booth stop` recorded it), `preempted` when the scheduler did. */
@@ -333,7 +333,7 @@ class Worker {
     if (code === EXIT_PREEMPTED || (this.stopSignal && signal === 'SIGKILL')) {
       const state = await this.stoppedState();
       const how = code === EXIT_PREEMPTED ? 'saved its state' : `did not save within ${this.o.graceMs / 1000} s and was killed`;
-      return { state, exitCode: EXIT_PREEMPTED, step, message: `${state} at step ${step}: the trainer ${how}; ${resumeHint}` };
+      return { state, exitCode: state === 'stopped' ? EXIT_STOPPED : EXIT_PREEMPTED, step, message: `${state} at step ${step}: the trainer ${how}; ${resumeHint}` };
     }
     const message =
       this.lastError?.message ??
