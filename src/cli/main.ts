@@ -14,6 +14,8 @@ import { exportDataset, exportReview } from '../sessions/dataset.js';
 import { registerTrainCommands } from './train.js';
 import { checkName, createCli, phasedProgress, print, usage, type Context } from './shared.js';
 import { formatPhotoTable, formatSessionList, localPath } from './format.js';
+import { registerExportCommands } from './export.js';
+import { registerCaptionCommands } from './caption.js';
 
 const program = new Command();
 const cli = createCli(program);
@@ -284,9 +286,17 @@ program
   });
 
 registerTrainCommands(cli);
+registerCaptionCommands(cli);
+
+registerExportCommands(cli);
 
 async function main(): Promise<void> {
   const json = process.argv.includes('--json');
+  // `booth logs … | head` closes the pipe early; that is the reader's choice, not a failure.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(0);
+    throw err;
+  });
   try {
     await program.parseAsync(process.argv);
   } catch (err) {

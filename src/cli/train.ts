@@ -92,8 +92,11 @@ export function formatRun(info: RunInfo): string {
   return lines.join('\n');
 }
 
-/** One log line as a person reads it: protocol events condensed, everything else as is. */
-export function formatLogLine(line: string): string {
+/**
+ * One log line as a person reads it: protocol events condensed, everything else as is; `null`
+ * for lines not worth a line of their own (class-image progress between tenths).
+ */
+export function formatLogLine(line: string): string | null {
   const p = parseEventLine(line);
   if (p.kind !== 'event') return line;
   const e = p.event;
@@ -109,7 +112,7 @@ export function formatLogLine(line: string): string {
     case 'stage_done':
       return `stage ${e.stage} done at step ${e.step}`;
     case 'class_images':
-      return `class images ${e.done}/${e.total}`;
+      return e.done === e.total || e.done % Math.max(1, Math.ceil(e.total / 10)) === 0 ? `class images ${e.done}/${e.total}` : null;
     case 'done':
       return `done at step ${e.step}: ${e.format} weights in ${e.output}/`;
     case 'preempted':
@@ -235,7 +238,10 @@ export function registerTrainCommands(cli: Cli): void {
         const buf = (partial.get(attempt) ?? '') + text;
         const lines = buf.split('\n');
         partial.set(attempt, final ? '' : lines.pop()!);
-        for (const line of lines) if (line !== '' || !final) process.stdout.write(`${o.raw ? line : formatLogLine(line)}\n`);
+        for (const line of lines) {
+          const text = o.raw ? line : formatLogLine(line);
+          if (text !== null && (line !== '' || !final)) process.stdout.write(`${text}\n`);
+        }
       };
       const readNew = async (attempt: number): Promise<void> => {
         const key = keys.log(attempt);

@@ -46,7 +46,7 @@ export interface WorkerOptions {
   graceMs?: number;
   /** Minimum interval between status writes during steps, in ms (default 1000). */
   statusIntervalMs?: number;
-  /** Interval between log uploads, in ms (default 5000). */
+  /** Interval between log uploads, in ms (default 2000). */
   logIntervalMs?: number;
   /** Retries of a failed upload before it counts as failed (default 4; backoff 0.5 s × 2ⁿ). */
   uploadRetries?: number;
@@ -110,7 +110,7 @@ class Worker {
       check: true,
       graceMs: 120_000,
       statusIntervalMs: 1000,
-      logIntervalMs: 5000,
+      logIntervalMs: 2000,
       uploadRetries: 4,
       ...options,
       env: options.env ?? process.env,
