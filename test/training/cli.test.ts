@@ -44,7 +44,7 @@ beforeAll(async () => {
   env = {
     BOOTH_TRAINER: JSON.stringify([process.execPath, STAND_IN]),
     BOOTH_WORK_DIR: path.join(dir, 'work'),
-    STANDIN_STEP_MS: '40',
+    STANDIN_STEP_MS: '20',
   };
 }, 120_000);
 
@@ -81,7 +81,8 @@ describe('booth train and friends', () => {
   });
 
   it('train → stop → resume → done → extend, with every step exactly once across attempts', async () => {
-    const started = await booth(['train', 'bag', '--json', ...small]);
+    // The stand-in waits after step 8 until it is signalled, so the stop lands mid-run however slow the machine is.
+    const started = await run(storeDir, ['train', 'bag', '--json', ...small], { ...env, STANDIN_PAUSE_AT: '8' });
     expect(started.code, started.stderr).toBe(0);
     const { run: id, attempt } = json<{ run: string; attempt: number }>(started.stdout);
     expect(attempt).toBe(1);
@@ -91,7 +92,7 @@ describe('booth train and friends', () => {
     expect(stopped.code, stopped.stderr).toBe(0);
     const stoppedJson = json<{ state: string; step: number }>(stopped.stdout);
     expect(stoppedJson.state).toBe('stopped');
-    expect(stoppedJson.step).toBeLessThan(30);
+    expect(stoppedJson.step).toBe(8);
     const human = await booth(['status', 'bag']);
     expect(human.stdout).toMatch(/STOPPED/);
     expect(human.stdout).toMatch(/Next: booth resume bag/);
@@ -131,14 +132,15 @@ describe('booth train and friends', () => {
   });
 
   it('a worker killed with SIGKILL shows as lost and resumes from the last complete state', async () => {
-    const started = await booth(['train', 'bag', '--json', ...small]);
+    const started = await run(storeDir, ['train', 'bag', '--json', ...small], { ...env, STANDIN_PAUSE_AT: '12' });
     expect(started.code, started.stderr).toBe(0);
     const { run: id, handle } = json<{ run: string; handle: { pid: number } }>(started.stdout);
-    await waitFor('bag', (s) => s.record.run === id && (s.status?.resumeStates.length ?? 0) >= 2, 'two resume states');
+    await waitFor('bag', (s) => s.record.run === id && (s.status?.step ?? 0) >= 12 && (s.status?.resumeStates ?? []).includes(10), 'step 12');
     // The worker leads its own process group (detached): kill it and the trainer at once, no warning.
     process.kill(-handle.pid, 'SIGKILL');
     const lost = await waitFor('bag', (s) => s.state === 'lost', 'lost');
     const last = lost.status!.resumeStates.at(-1)!;
+    expect(last).toBe(10);
     const human = await booth(['status', 'bag']);
     expect(human.stdout).toMatch(/LOST/);
     expect(human.stdout).toMatch(/booth resume bag/);

@@ -69,6 +69,17 @@ async function steps(run: string, attempt: number): Promise<Array<EventOf<'step'
     .flatMap((p) => (p.kind === 'event' && p.event.event === 'step' ? [p.event] : []));
 }
 
+/** Waits until the worker reports `step`; fails with the status when the run ended first. */
+async function waitForStep(run: string, step: number): Promise<void> {
+  const runs = new RunStore(store);
+  for (;;) {
+    const s = await runs.status('bag', run);
+    if (s && s.step >= step) return;
+    if (s && ['done', 'failed', 'stopped', 'preempted'].includes(s.state)) throw new Error(`run ended before step ${step}: ${JSON.stringify(s)}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 async function keysUnder(prefix: string): Promise<string[]> {
   const out: string[] = [];
   for await (const info of listAll(store, prefix)) out.push(info.key.slice(prefix.length));
@@ -104,20 +115,15 @@ describe('worker with the stand-in trainer', () => {
     const expected = await steps(reference, 1);
 
     const run = await newRun();
-    const w = worker(run, 1, { STANDIN_STEP_MS: '40' });
+    // The stand-in waits after step 12 until the signal: the middle of the UNet stage, between interval states.
+    const w = worker(run, 1, { STANDIN_PAUSE_AT: '12' });
     const runs = new RunStore(store);
-    // Stop in the middle of the UNet stage, between interval states.
-    for (;;) {
-      const s = await runs.status('bag', run);
-      if (s && s.step >= 12) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await waitForStep(run, 12);
     w.stop('SIGTERM');
     const stopped = await w.done;
     expect(stopped).toMatchObject({ state: 'preempted', exitCode: 75 });
     const at = stopped.step;
-    expect(at).toBeGreaterThanOrEqual(12);
-    expect(at).toBeLessThan(20);
+    expect(at).toBe(12);
     expect((await runs.resumeStates('bag', run)).at(-1)).toBe(at);
 
     const resumed = await worker(run, 2).done;
@@ -177,19 +183,15 @@ describe('worker with the stand-in trainer', () => {
 
   it('escalates to SIGKILL when the trainer ignores the stop signal, and the run stays resumable', async () => {
     const run = await newRun();
-    const w = worker(run, 1, { STANDIN_IGNORE_SIGNALS: '1', STANDIN_STEP_MS: '30' }, { graceMs: 300 });
+    // Paused after step 7 and deaf to signals: only SIGKILL ends it.
+    const w = worker(run, 1, { STANDIN_IGNORE_SIGNALS: '1', STANDIN_PAUSE_AT: '7' }, { graceMs: 300 });
     const runs = new RunStore(store);
-    for (;;) {
-      const s = await runs.status('bag', run);
-      if (s && s.step >= 6) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await waitForStep(run, 7);
     w.stop('SIGTERM');
     const result = await w.done;
     expect(result).toMatchObject({ state: 'preempted', exitCode: 75 });
     expect(result.message).toMatch(/did not save within/);
-    const last = (await runs.resumeStates('bag', run)).at(-1);
-    expect(last).toBeGreaterThanOrEqual(5);
-    expect(result.message).toContain(`continues from step ${last}`);
+    expect((await runs.resumeStates('bag', run)).at(-1)).toBe(5);
+    expect(result.message).toContain('continues from step 5');
   });
 });
