@@ -7,15 +7,15 @@
 import sharp from 'sharp';
 import { BoothError, errorMessage, isBoothError } from '../errors.js';
 import { decodePhoto } from './decode.js';
-import type { FaceDetector } from './faces.js';
+import type { ExpressionScores, FaceDetector } from './faces.js';
 import { perceptualHash } from './quality.js';
 import type { RawImage, Rect } from './types.js';
 
 /**
  * Version of the cached analysis. Bump when detection settings or this shape change, so stale
- * caches are recomputed instead of trusted.
+ * caches are recomputed instead of trusted. 2: faces carry face-api's expression probabilities.
  */
-export const ANALYSIS_VERSION = 1;
+export const ANALYSIS_VERSION = 2;
 
 /** Longest side of the review preview, px. */
 export const PREVIEW_SIDE = 512;
@@ -27,8 +27,11 @@ export interface Analysis {
   /** Upright size, stored format and EXIF orientation. */
   source: { width: number; height: number; format: string; orientation: number };
   warnings: string[];
-  /** Faces in source pixels, descriptors as plain arrays (128 numbers). */
-  faces: Array<{ box: Rect; score: number; landmarks: Array<{ x: number; y: number }>; descriptor: number[] }>;
+  /**
+   * Faces in source pixels, descriptors as plain arrays (128 numbers), and the expression net's
+   * probabilities (absent when the detector was made without expressions).
+   */
+  faces: Array<{ box: Rect; score: number; landmarks: Array<{ x: number; y: number }>; descriptor: number[]; expressions?: ExpressionScores }>;
   /** 64-bit DCT perceptual hash, 16 hex digits. */
   phash: string;
 }
@@ -73,7 +76,13 @@ async function analyse(input: AnalyseInput, detector: FaceDetector | null): Prom
       sha256: input.sha256,
       source: { width: image.width, height: image.height, format: decoded.source.format, orientation: decoded.source.orientation },
       warnings: decoded.warnings,
-      faces: faces.map((f) => ({ box: f.box, score: f.score, landmarks: f.landmarks, descriptor: Array.from(f.descriptor) })),
+      faces: faces.map((f) => ({
+        box: f.box,
+        score: f.score,
+        landmarks: f.landmarks,
+        descriptor: Array.from(f.descriptor),
+        ...(f.expressions ? { expressions: f.expressions } : {}),
+      })),
       phash: (await perceptualHash(image)).toString(16).padStart(16, '0'),
     },
     preview: await previewJpeg(image),

@@ -22,6 +22,7 @@ import type { OverlayOptions, Sharp } from 'sharp';
 import { once } from 'node:events';
 import { crc32, createDeflate } from 'node:zlib';
 import { BoothError } from '../errors.js';
+import type { PhotoRecord } from '../sessions/manifest.js';
 import type { Rect } from './types.js';
 
 /** Status of a photo, as the session manifest records it. */
@@ -47,6 +48,8 @@ export interface ContactSheetEntry {
   /** Quality flags, e.g. `blurry` (value = measured score). */
   flags: ContactSheetFlag[];
   caption: string | null;
+  /** Who wrote the caption (`gpt-4o-mini`, `hand`, `offline`, `template`), shown next to it; optional. */
+  captionBy?: string | null;
   /** Size of the upright source image in pixels; the coordinate space of `faces`, `crop`, `head`. */
   source: { width: number; height: number } | null;
   /** Downscaled preview of the original (upright), PNG or JPEG bytes; null for rejected files. */
@@ -148,6 +151,36 @@ const NOTE_LINES = 3;
 const TEXT_BLOCK_H = NAME_H + META_H + CHIP_LINE * CHIP_LINES + 6 + NOTE_LINE * NOTE_LINES;
 const HEADER_H = 150;
 const EMPTY_H = 56;
+
+/**
+ * The contact-sheet entry of a photo record: status, reason, quality flags with values, faces,
+ * crop, head and caption, plus the captioner's reviewer flags as `caption:<flag>` chips (so a
+ * reviewer sees `caption:face-covered` next to `blurry`) and who wrote the caption.
+ * @param photo - the manifest's record
+ * @param preview - the stored preview (JPEG) or null
+ * @param result - the training image (thumbnail) or null
+ */
+export function photoEntry(photo: PhotoRecord, preview: Buffer | null, result: Buffer | null): ContactSheetEntry {
+  const meta = photo.captionMeta ?? null;
+  const by =
+    photo.captionSource === 'model' ? (meta?.model ?? 'model') : photo.captionSource === 'hand' ? 'by hand' : photo.captionSource === null ? null : photo.captionSource;
+  const captionFlags: ContactSheetFlag[] = (meta?.flags ?? []).map((f) => ({ flag: `caption:${f}`, detail: `reported by the captioner (${by ?? 'unknown'})` }));
+  if (photo.captionError) captionFlags.push({ flag: 'caption-error', detail: photo.captionError });
+  return {
+    name: photo.name,
+    status: photo.status === 'pending' ? 'rejected' : photo.status,
+    reason: photo.reason,
+    flags: [...photo.checks.map((c) => ({ flag: c.flag, value: c.value ?? undefined, detail: c.detail })), ...captionFlags],
+    caption: photo.caption,
+    captionBy: by,
+    source: photo.source ? { width: photo.source.width, height: photo.source.height } : null,
+    preview,
+    faces: photo.faces.map((f) => ({ box: f.box, score: f.score, subject: f.subject })),
+    crop: photo.crop,
+    head: photo.head,
+    result,
+  };
+}
 
 /**
  * Compute where the PNG renderer puts each tile, without rendering anything.
@@ -780,7 +813,7 @@ async function renderTile(entry: ContactSheetEntry, layout: ContactSheetLayout, 
   }
   if (room > 0) {
     if (entry.caption !== null && entry.caption !== '') {
-      const label = 'Caption:';
+      const label = entry.captionBy ? `Caption (${visible(entry.captionBy, 'prose')}):` : 'Caption:';
       const lines = await wrapText(m, `${label} ${visible(entry.caption, 'prose')}`, F_BODY, tw, room);
       for (const [i, line] of lines.entries()) {
         if (i === 0 && line.startsWith(label)) {
@@ -1106,7 +1139,10 @@ async function cardHtml(entry: ContactSheetEntry, index: number, imageSide: numb
   // Details.
   const dl: string[] = [];
   if (entry.reason !== null && entry.reason !== '') dl.push(`<dt>Reason</dt><dd class="reason-${entry.status}">${esc(visible(entry.reason, 'prose'))}</dd>`);
-  if (entry.caption !== null && entry.caption !== '') dl.push(`<dt>Caption</dt><dd>${esc(visible(entry.caption, 'prose'))}</dd>`);
+  if (entry.caption !== null && entry.caption !== '') {
+    const by = entry.captionBy ? ` <span class="muted">(${esc(visible(entry.captionBy, 'prose'))})</span>` : '';
+    dl.push(`<dt>Caption</dt><dd>${esc(visible(entry.caption, 'prose'))}${by}</dd>`);
+  }
   else if (entry.status === 'accepted') dl.push('<dt>Caption</dt><dd class="muted">none</dd>');
   if (entry.flags.length > 0) {
     const items = entry.flags.map((f) => {

@@ -6,8 +6,8 @@
  * on its longer side and every box and landmark is mapped back to SOURCE pixels; when that finds
  * nothing, a second pass looks at the photo inside a grey border, because SSD MobileNet v1 misses
  * faces that fill most of the frame (close-up portraits, the usual DreamBooth input). The detector
- * owns its three networks (SSD MobileNet v1, the full 68-point landmark net, the ResNet-34
- * recogniser) instead of using face-api's process-wide `nets`, so two detectors never share or
+ * owns its four networks (SSD MobileNet v1, the full 68-point landmark net, the ResNet-34
+ * recogniser, the 7-class expression net that the offline captioner reads) instead of using face-api's process-wide `nets`, so two detectors never share or
  * dispose each other's weights; only the TensorFlow.js backend is process-wide, because tfjs
  * itself is.
  */
@@ -20,6 +20,20 @@ import * as faceapi from '@vladmandic/face-api/dist/face-api.node-wasm.js';
 import { BoothError, errorMessage } from '../errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import type { DetectedFace, Point, RawImage, Rect } from './types.js';
+
+/** face-api's seven expression classes, in the order its expression net outputs them. */
+export const EXPRESSIONS = ['neutral', 'happy', 'sad', 'angry', 'fearful', 'disgusted', 'surprised'] as const;
+
+/** One of {@link EXPRESSIONS}. */
+export type Expression = (typeof EXPRESSIONS)[number];
+
+/** Softmax probabilities of the expression net, one per class, summing to 1. */
+export type ExpressionScores = Record<Expression, number>;
+
+/** A detected face with its expression probabilities (absent when expressions were not computed). */
+export interface FaceWithExpressions extends DetectedFace {
+  expressions?: ExpressionScores;
+}
 
 /** Options of {@link createFaceDetector}. */
 export interface FaceDetectorOptions {
@@ -43,6 +57,12 @@ export interface FaceDetectorOptions {
   modelDir?: string;
   /** Logger for load and per-photo timings (debug level). Default: silent. */
   logger?: Logger;
+  /**
+   * Also run face-api's expression net (7 classes, on the landmark-aligned face as face-api's
+   * `withFaceExpressions()` does). Default true: it adds a few milliseconds per face and feeds
+   * the offline captioner (`smiling`, …).
+   */
+  expressions?: boolean;
 }
 
 /** A loaded face detector. Create once and reuse: loading the weights takes about half a second. */
@@ -51,10 +71,10 @@ export interface FaceDetector {
    * Find the faces in one photo.
    *
    * @param image - upright sRGB RGB pixels (see {@link RawImage})
-   * @returns faces in source pixels, highest score first; empty when there is none
+   * @returns faces in source pixels, highest score first (with `expressions` unless turned off); empty when there is none
    * @throws {BoothError} `INVALID_ARGUMENT` when `image` is malformed; `FACE_MODEL` after {@link FaceDetector.dispose}
    */
-  detect(image: RawImage): Promise<DetectedFace[]>;
+  detect(image: RawImage): Promise<FaceWithExpressions[]>;
   /**
    * Frees the network weights: at once, or after the `detect` calls already made have finished.
    * Later `detect` calls reject with `FACE_MODEL`. Idempotent.
@@ -191,6 +211,13 @@ function clampRect(r: Rect, width: number, height: number): Rect {
   return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
 }
 
+/** face-api's FaceExpressions object as plain, rounded numbers (JSON-friendly, cache-stable). */
+function toScores(e: faceapi.FaceExpressions): ExpressionScores {
+  const out = {} as ExpressionScores;
+  for (const k of EXPRESSIONS) out[k] = Math.round(e[k] * 1e4) / 1e4;
+  return out;
+}
+
 function first<T>(value: T | T[]): T {
   const v = Array.isArray(value) ? value[0] : value;
   if (v === undefined) throw new Error('face-api returned an empty batch for one face');
@@ -219,6 +246,7 @@ export async function createFaceDetector(options: FaceDetectorOptions = {}): Pro
   const maxInputSide = options.maxInputSide ?? DEFAULT_MAX_INPUT_SIDE;
   const maxFaces = options.maxFaces ?? 100;
   const modelDir = options.modelDir ?? defaultModelDir();
+  const withExpressions = options.expressions ?? true;
 
   await initBackend(logger);
 
@@ -226,7 +254,9 @@ export async function createFaceDetector(options: FaceDetectorOptions = {}): Pro
   const ssd = new faceapi.SsdMobilenetv1();
   const landmarkNet = new faceapi.FaceLandmark68Net();
   const recognitionNet = new faceapi.FaceRecognitionNet();
-  const nets = [ssd, landmarkNet, recognitionNet];
+  const expressionNet = withExpressions ? new faceapi.FaceExpressionNet() : null;
+  const nets: faceapi.NeuralNetwork<unknown>[] = [ssd, landmarkNet, recognitionNet];
+  if (expressionNet) nets.push(expressionNet);
   // face-api's node builds read `<dir>/<model>-weights_manifest.json` and its shards with fs.
   // allSettled, not all: a net still loading when another fails would leak its weights.
   const loads = await Promise.allSettled(nets.map((net) => net.loadFromDisk(modelDir)));
@@ -237,7 +267,7 @@ export async function createFaceDetector(options: FaceDetectorOptions = {}): Pro
     throw new BoothError(
       'FACE_MODEL',
       `could not load face-api weights from ${modelDir}: ${errorMessage(err)}; ` +
-        'the folder must hold ssd_mobilenetv1_model, face_landmark_68_model and face_recognition_model ' +
+        'the folder must hold ssd_mobilenetv1_model, face_landmark_68_model, face_recognition_model and face_expression_model ' +
         '(manifest + .bin), as shipped in @vladmandic/face-api/model',
       { cause: err },
     );
@@ -258,7 +288,9 @@ export async function createFaceDetector(options: FaceDetectorOptions = {}): Pro
   let queue: Promise<unknown> = Promise.resolve();
 
   /** Detect, landmark and describe the faces of one view; coordinates in view pixels. */
-  async function analyse(view: View): Promise<Array<{ box: Rect; score: number; landmarks: Point[]; descriptor: Float32Array }>> {
+  async function analyse(
+    view: View,
+  ): Promise<Array<{ box: Rect; score: number; landmarks: Point[]; descriptor: Float32Array; expressions: ExpressionScores | undefined }>> {
     const input = faceapi.tf.tensor3d(view.data, [view.height, view.width, 3], 'int32');
     try {
       const detections = await ssd.locateFaces(input, ssdOptions);
@@ -288,18 +320,34 @@ export async function createFaceDetector(options: FaceDetectorOptions = {}): Pro
       } finally {
         for (const t of alignedCrops) t.dispose();
       }
+      // Expressions from the landmark-aligned box (not dlib's), as face-api's withFaceExpressions() does.
+      let expressions: Array<ExpressionScores | undefined> = detections.map(() => undefined);
+      if (expressionNet) {
+        const expressionCrops = await faceapi.extractFaceTensors(input, shifted.map((lm) => lm.align()));
+        try {
+          expressions = await Promise.all(expressionCrops.map(async (crop) => toScores(first(await expressionNet.predictExpressions(crop)))));
+        } finally {
+          for (const t of expressionCrops) t.dispose();
+        }
+      }
       return detections.map((d, i) => {
         const descriptor = descriptors[i];
         if (descriptor === undefined) throw new Error('missing descriptor');
         const { x, y, width, height } = d.box;
-        return { box: { x, y, width, height }, score: d.score, landmarks: (shifted[i]?.positions ?? []).map((p) => ({ x: p.x, y: p.y })), descriptor };
+        return {
+          box: { x, y, width, height },
+          score: d.score,
+          landmarks: (shifted[i]?.positions ?? []).map((p) => ({ x: p.x, y: p.y })),
+          descriptor,
+          expressions: expressions[i],
+        };
       });
     } finally {
       input.dispose();
     }
   }
 
-  async function run(image: RawImage): Promise<DetectedFace[]> {
+  async function run(image: RawImage): Promise<FaceWithExpressions[]> {
     const started = performance.now();
     let view = await makeView(image, maxInputSide, 0);
     let found = await analyse(view);
@@ -313,7 +361,7 @@ export async function createFaceDetector(options: FaceDetectorOptions = {}): Pro
     const toX = (x: number) => (x - view.ox) * view.sx;
     const toY = (y: number) => (y - view.oy) * view.sy;
     const faces = found.map(
-      (f): DetectedFace => ({
+      (f): FaceWithExpressions => ({
         box: clampRect(
           { x: toX(f.box.x), y: toY(f.box.y), width: f.box.width * view.sx, height: f.box.height * view.sy },
           image.width,
@@ -323,6 +371,7 @@ export async function createFaceDetector(options: FaceDetectorOptions = {}): Pro
         // Landmarks stay unclamped: a chin below the frame is real information for the crop.
         landmarks: f.landmarks.map((p) => ({ x: toX(p.x), y: toY(p.y) })),
         descriptor: f.descriptor,
+        ...(f.expressions ? { expressions: f.expressions } : {}),
       }),
     );
     faces.sort((a, b) => b.score - a.score);
@@ -342,7 +391,7 @@ export async function createFaceDetector(options: FaceDetectorOptions = {}): Pro
 
   return {
     maxInputSide,
-    async detect(image: RawImage): Promise<DetectedFace[]> {
+    async detect(image: RawImage): Promise<FaceWithExpressions[]> {
       if (disposed) throw new BoothError('FACE_MODEL', 'this face detector was disposed; create a new one');
       checkImage(image);
       pending++;

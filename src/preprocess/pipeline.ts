@@ -21,7 +21,7 @@ import { listAll, putJson, readAll, readJson } from '../storage/index.js';
 import { renderTemplateCaption } from '../captions/template.js';
 import type { PhotoCheck, PhotoRecord } from '../sessions/manifest.js';
 import { sessionKeys, type SessionStore } from '../sessions/store.js';
-import { renderContactSheetHtml, renderContactSheetPng, type ContactSheetEntry } from './contact-sheet.js';
+import { photoEntry, renderContactSheetHtml, renderContactSheetPng, type ContactSheetEntry } from './contact-sheet.js';
 import { planFaceCrop, planSalientCrop, renderCrop } from './crop.js';
 import { decodePhoto } from './decode.js';
 import type { FaceDetector } from './faces.js';
@@ -360,12 +360,17 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
       const stem = photo.sha256.slice(0, 16);
       const png = await renderCrop(image, plan.rect, settings.resolution);
       await store.put(keys.datasetImage(stem), png, { contentType: 'image/png' });
-      await store.put(keys.datasetCaption(stem), `${caption}\n`, { contentType: 'text/plain; charset=utf-8' });
+      // A caption written by a captioner or a person survives re-preparing; `booth caption`
+      // notices a changed crop through the image hash it recorded. Template captions follow the
+      // session's current template.
+      if (photo.caption === null || photo.captionSource === 'template') {
+        photo.caption = caption;
+        photo.captionSource = 'template';
+      }
+      await store.put(keys.datasetCaption(stem), `${photo.caption}\n`, { contentType: 'text/plain; charset=utf-8' });
       liveDatasetKeys.add(keys.datasetImage(stem));
       liveDatasetKeys.add(keys.datasetCaption(stem));
       photo.datasetKey = keys.datasetImage(stem);
-      photo.caption = caption;
-      photo.captionSource = 'template';
       result = png;
     }
     const preview = await readAll(store, keys.preview(photo.sha256)).catch(() => null);
@@ -373,19 +378,7 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
   }
 
   function entryFor(photo: PhotoRecord, preview: Buffer | null, result: Buffer | null): ContactSheetEntry {
-    return {
-      name: photo.name,
-      status: photo.status === 'pending' ? 'rejected' : photo.status,
-      reason: photo.reason,
-      flags: photo.checks.map((c) => ({ flag: c.flag, value: c.value ?? undefined, detail: c.detail })),
-      caption: photo.caption,
-      source: photo.source ? { width: photo.source.width, height: photo.source.height } : null,
-      preview,
-      faces: photo.faces.map((f) => ({ box: f.box, score: f.score, subject: f.subject })),
-      crop: photo.crop,
-      head: photo.head,
-      result,
-    };
+    return photoEntry(photo, preview, result);
   }
 }
 
@@ -407,8 +400,14 @@ function resetResult(p: PhotoRecord): void {
   p.head = null;
   p.headInside = null;
   p.upscale = null;
-  p.caption = null;
-  p.captionSource = null;
+  // Template captions are prepare's own and are redone; offline, model and hand captions are kept
+  // (hand ones are never overwritten by anything but a person).
+  if (p.captionSource === null || p.captionSource === 'template') {
+    p.caption = null;
+    p.captionSource = null;
+    p.captionMeta = null;
+    p.captionError = null;
+  }
   p.datasetKey = null;
 }
 

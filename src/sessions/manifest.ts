@@ -43,6 +43,28 @@ const checkSchema = z.object({
   detail: z.string(),
 });
 
+/** Who wrote a photo's caption, from least to most authoritative. */
+export const CAPTION_SOURCES = ['template', 'offline', 'model', 'hand'] as const;
+
+/** Details of the caption a photo carries (see `src/captions/`). */
+const captionMetaSchema = z.object({
+  /** Model that wrote it (`gpt-4o-mini`, …) for model captions, else null. */
+  model: z.string().nullable(),
+  /** Caption style (prompt template name, e.g. `natural`, `tags`), or null for hand/template captions. */
+  style: z.string().nullable(),
+  /** SHA-256 of the dataset image that was captioned; a different crop makes the caption stale. */
+  image: z.string().regex(/^[0-9a-f]{64}$/).nullable(),
+  /** Captioning cache key (`cache/captions/<key>.json`), or null. */
+  cacheKey: z.string().nullable(),
+  /** Reviewer flags reported by the captioner: `multiple-people`, `face-covered`, `blurry`, `text-watermark`, `heavy-filter`. */
+  flags: z.array(z.string()),
+  /** CLIP tokens of the caption (BOS/EOS included) against the 77-token window; `exact` false means estimated. */
+  tokens: z.object({ count: z.number().int().nonnegative(), limit: z.number().int().positive(), exact: z.boolean() }).nullable(),
+  /** Tokens billed and their cost in US dollars when this caption was bought (0 when served from the cache). */
+  usage: z.object({ inputTokens: z.number().int().nonnegative(), outputTokens: z.number().int().nonnegative(), costUsd: z.number().nonnegative().nullable() }).nullable(),
+  at: z.string(),
+});
+
 /** Per-photo status. `pending`: added, not prepared yet. */
 export const PHOTO_STATUSES = ['pending', 'accepted', 'excluded', 'rejected'] as const;
 
@@ -84,7 +106,15 @@ const photoSchema = z.object({
   /** Output side / crop side; > 1 means upscaled. */
   upscale: z.number().positive().nullable(),
   caption: z.string().nullable(),
-  captionSource: z.enum(['template']).nullable(),
+  /**
+   * Who wrote `caption`: `template` (prepare's session template), `offline` (Booth's measurements),
+   * `model` (a vision model, see `captionMeta.model`) or `hand` (a person; never overwritten).
+   */
+  captionSource: z.enum(CAPTION_SOURCES).nullable(),
+  /** How the caption was made and what the captioner noticed; absent in sessions captioned before it existed. */
+  captionMeta: captionMetaSchema.nullable().optional(),
+  /** Why the last captioning attempt failed for this photo (the caption above is kept), or null. */
+  captionError: z.string().nullable().optional(),
   /** Dataset image key (`dataset/<stem>.png`) when accepted and prepared, else null. */
   datasetKey: z.string().nullable(),
 });
@@ -120,6 +150,35 @@ const settingsSchema = z.object({
   captionTemplate: z.string().min(1).max(500),
 });
 
+/** One request of a submitted caption batch. */
+const batchRequestSchema = z.object({
+  /** The request's `custom_id` in the batch input file. */
+  customId: z.string().min(1),
+  /** Photo it captions. */
+  sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  /** SHA-256 of the dataset image sent. */
+  image: z.string().regex(/^[0-9a-f]{64}$/),
+  cacheKey: z.string().min(1),
+});
+
+/** A Batch API job submitted for this session, kept until its results are applied. */
+const captionBatchSchema = z.object({
+  /** Batch id returned by `POST /v1/batches`; null between uploading the input file and creating the batch. */
+  id: z.string().min(1).nullable(),
+  inputFileId: z.string().min(1),
+  /** Endpoint base URL it was submitted to (the batch only exists there). */
+  baseURL: z.string(),
+  model: z.string().min(1),
+  style: z.string().min(1),
+  detail: z.enum(['low', 'high', 'auto']),
+  submittedAt: z.string(),
+  requests: z.array(batchRequestSchema),
+});
+
+const captioningSchema = z.object({
+  batch: captionBatchSchema.nullable(),
+});
+
 /** The manifest schema (zod). */
 export const manifestSchema = z.object({
   version: z.literal(MANIFEST_VERSION),
@@ -131,6 +190,8 @@ export const manifestSchema = z.object({
   settings: settingsSchema,
   state: z.enum(SESSION_STATES),
   photos: z.array(photoSchema),
+  /** Captioning state that must survive a restart (a submitted Batch API job); absent until first used. */
+  captioning: captioningSchema.optional(),
   /** Summary of the last completed `prepare`, or null. */
   prepared: z
     .object({
@@ -152,5 +213,9 @@ export type PhotoCheck = z.infer<typeof checkSchema>;
 export type Subject = z.infer<typeof subjectSchema>;
 /** Preparation settings. */
 export type SessionSettings = z.infer<typeof settingsSchema>;
+/** Caption details of a photo. */
+export type CaptionMeta = z.infer<typeof captionMetaSchema>;
+/** A submitted caption batch. */
+export type CaptionBatch = z.infer<typeof captionBatchSchema>;
 /** A stored face. */
 export type StoredFace = z.infer<typeof faceSchema>;
