@@ -1,0 +1,704 @@
+"""The training loop (torch): from a validated spec and a work directory to ``model/``.
+
+One :class:`Trainer` run goes through these phases (docs/trainer.md has the why of each):
+
+1. pick the device and precision; find the resume state (``--resume``) and check that it was
+   saved by the same training-relevant spec (:func:`.spec.fingerprint`);
+2. load the base model's parts (:mod:`.models`), emit ``started``;
+3. generate missing class images with the *base* model (prior preservation), before any
+   trained weight is loaded, so a resumed run on a fresh host renders the same prior;
+4. set dtypes (trained-ever modules float32, the rest half precision), LoRA adapters, gradient
+   checkpointing; load the resume state's weights;
+5. cache latents (VAE posterior mean and std per image, once; ``WORK/cache/``);
+6. run the stages: per stage a fresh optimizer and ``LambdaLR`` over the stage's own steps, or,
+   when resuming inside a stage, the saved optimizer/scheduler/scaler; the RNG streams are
+   restored right before the first step; a frozen text encoder's embeddings are computed once;
+7. save resume states (interval, stage end, signal, final), samples, and the final model.
+
+The only signal-handling work here is polling :attr:`.signals.StopSignals.requested` after each
+optimizer step; the phases before training raise :class:`~.errors.Preempted` from the handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from . import EXIT_PREEMPTED, PROTOCOL_VERSION
+from .check import package_version
+from .dataset import Item, missing_class_names, scan_class_images, scan_instances
+from .errors import TrainerError
+from .losses import add_noise, make_noise, min_snr_weights, per_sample_mse, target_for
+from .lr import make_lambda
+from .models import (
+    TEXT_LORA_TARGETS,
+    UNET_LORA_TARGETS,
+    Components,
+    add_lora,
+    attention_backends,
+    check_lora_targets,
+    encode_text,
+    load_components,
+    load_image,
+    sdxl_time_ids,
+    token_ids,
+)
+from .order import DataOrder
+from .progress import Emitter, Throughput, log
+from .signals import StopSignals
+from .spec import Spec, Stage, changed_fields, fingerprint, stages_of, total_steps, training_fields
+from .state import Candidate, load_candidate, relative_state_path, select_latest
+
+
+@dataclass
+class Example:
+    """One image ready for training: cached latent posterior or pixels, caption, SDXL time ids."""
+
+    item: Item
+    mean: Optional[torch.Tensor]
+    std: Optional[torch.Tensor]
+    time_ids: List[float]
+
+
+class Trainer:
+    """Runs one ``train`` command.
+
+    :param spec: the validated spec (defaults filled).
+    :param work: absolute work directory.
+    :param resume: ``auto``, ``none`` or a state folder path.
+    :param device: ``cuda``, ``cpu``, ``mps`` or None (cuda when available).
+    :param emitter: progress event writer.
+    :param signals: the installed stop-signal handlers.
+    """
+
+    def __init__(self, spec: Spec, work: str, resume: str, device: Optional[str], emitter: Emitter, signals: StopSignals) -> None:
+        self.spec = spec
+        self.work = work
+        self.resume = resume
+        self.device_arg = device
+        self.emitter = emitter
+        self.signals = signals
+        self.step: Optional[int] = None
+        self.lora = spec["mode"]["type"] == "lora"
+        self.stages: List[Stage] = stages_of(spec)
+        self.total = total_steps(spec)
+        self._last_saved: Optional[Tuple[int, str]] = None
+
+    # ----------------------------------------------------------------- setup
+
+    def _pick_device(self) -> torch.device:
+        want = self.device_arg
+        if want is None:
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want == "cuda" and not torch.cuda.is_available():
+            raise TrainerError("environment", "--device cuda was asked for but torch sees no CUDA GPU (check the driver and that torch was installed with CUDA)")
+        if want == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise TrainerError("environment", "--device mps was asked for but MPS is not available")
+        return torch.device(want)
+
+    def _pick_precision(self) -> None:
+        mp = self.spec["mixedPrecision"]
+        dev = self.device.type
+        if mp != "no" and dev == "cpu":
+            log(f"warning: mixedPrecision {mp} is not used on the CPU; training in float32")
+            mp = "no"
+        if mp == "bf16" and dev == "cuda" and not torch.cuda.is_bf16_supported():
+            raise TrainerError("spec", "mixedPrecision is bf16 but this GPU does not support bfloat16; use fp16")
+        self.precision = mp
+        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mp]
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range.
+        self.scaler = torch.amp.GradScaler("cuda") if mp == "fp16" and dev == "cuda" else None
+
+    def autocast(self) -> Any:
+        """Autocast context for the precision in use (a no-op for float32)."""
+        if self.precision == "no":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.weight_dtype)
+
+    def _find_resume(self) -> Optional[Candidate]:
+        if self.resume == "none":
+            return None
+        if self.resume == "auto":
+            cand = select_latest(self.work)
+        else:
+            cand, reason = load_candidate(os.path.abspath(self.resume))
+            if cand is None:
+                raise TrainerError("data", f"--resume {self.resume} is not a usable resume state: {reason}")
+        if cand is None:
+            return None
+        data = cand.data
+        if data["spec_sha256"] != fingerprint(self.spec):
+            changed = changed_fields(data.get("spec_fields") or {}, training_fields(self.spec))
+            raise TrainerError(
+                "spec",
+                f"the resume state {relative_state_path(cand.step)} was saved with different training settings"
+                f" ({', '.join(changed) or 'unknown fields'} changed); only the last stage's step count may change on resume"
+                " (start a new run, or --resume none)",
+            )
+        if cand.step > self.total:
+            raise TrainerError("spec", f"the resume state is at step {cand.step} but the spec has only {self.total} steps; a run can be extended, not shortened")
+        return cand
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> int:
+        """Trains to the end (exit 0) or until a stop signal (exit 75 after saving)."""
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world > 1:
+            # Several processes would each train the whole run and write the same files.
+            raise TrainerError(
+                "environment",
+                f"the trainer was launched as {world} processes (WORLD_SIZE={world}) but trains on one GPU per run; "
+                "launch one process (BOOTH_TRAINER_PROCESSES=1)",
+            )
+        self.device = self._pick_device()
+        self._pick_precision()
+        cand = self._find_resume()
+        self.start_step = cand.step if cand else 0
+        self.step = self.start_step
+        log(f"device {self.device}, precision {self.precision}; " + (f"resuming from {relative_state_path(cand.step)}" if cand else "starting at step 0"))
+
+        comps = load_components(self.spec)
+        self.comps = comps
+        self.signals.check_early()
+        log(f"loaded {self.spec['base']['model']} ({comps.arch}, {comps.prediction_type}); attention: {', '.join(attention_backends(comps.unet))}")
+        self._plan_modules()
+        self._place_modules(for_generation=True)
+        self.emitter.emit(
+            "started",
+            protocol=PROTOCOL_VERSION,
+            session=self.spec["session"],
+            run=self.spec["run"],
+            total_steps=self.total,
+            start_step=self.start_step,
+            resumed_from=relative_state_path(cand.step) if cand else None,
+            stages=[s.to_event() for s in self.stages],
+            device=str(self.device),
+            precision=self.precision,
+            versions={n: package_version(n) for n in ("torch", "diffusers", "transformers", "accelerate", "peft", "bitsandbytes")},
+        )
+
+        self.prior = self.spec.get("prior") if (self.spec.get("prior") or {}).get("enabled") else None
+        if self.prior:
+            self._generate_class_images()
+
+        # Fresh runs start every RNG from the seed here, so LoRA init is reproducible too.
+        seed = int(self.spec["seed"])
+        random.seed(seed)
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        self._place_modules(for_generation=False)
+        if cand:
+            self._load_weights(cand)
+
+        self._prepare_data()
+        self.signals.check_early()
+        return self._train(cand)
+
+    # -------------------------------------------------------------- modules
+
+    def _plan_modules(self) -> None:
+        """Which components are trained in some stage (full) or carry adapters (LoRA)."""
+        comps = self.comps
+        self.trains_unet = any(s.unet_lr > 0 for s in self.stages)
+        self.trains_te = any(s.text_encoder_lr > 0 for s in self.stages)
+        self.components: Dict[str, torch.nn.Module] = {"unet": comps.unet}
+        for name, te in zip(comps.te_names, comps.text_encoders):
+            self.components[name] = te
+        ever = ["unet"] if self.trains_unet else []
+        if self.trains_te:
+            ever += comps.te_names
+        self.ever_trained = ever
+
+    def _place_modules(self, for_generation: bool) -> None:
+        """Moves modules to the device in their dtypes; on the second call adds LoRA adapters and
+        gradient checkpointing. Trained-ever modules stay float32; the rest use the weight dtype
+        (the SDXL VAE stays float32 in fp16 runs: it overflows in half precision)."""
+        comps = self.comps
+        wd = self.weight_dtype
+        vae_dtype = torch.float32 if (comps.is_sdxl and wd == torch.float16 and not self.spec["base"].get("vae")) else wd
+        if for_generation:
+            comps.vae.to(self.device, dtype=vae_dtype)
+            for name, m in self.components.items():
+                keep_fp32 = name in self.ever_trained and not self.lora
+                m.to(self.device, dtype=torch.float32 if keep_fp32 else wd)
+            return
+        if self.lora:
+            mode = self.spec["mode"]
+            check_lora_targets(comps.unet)
+            if self.trains_unet:
+                add_lora(comps.unet, int(mode["rank"]), float(mode["alpha"]), float(mode.get("dropout", 0)), UNET_LORA_TARGETS)
+            if self.trains_te:
+                for te in comps.text_encoders:
+                    add_lora(te, int(mode["rank"]), float(mode["alpha"]), float(mode.get("dropout", 0)), TEXT_LORA_TARGETS)
+        if self.spec["gradientCheckpointing"]:
+            comps.unet.enable_gradient_checkpointing()
+            for te in comps.text_encoders:
+                if self.trains_te:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        for m in self.components.values():
+            m.requires_grad_(False)
+
+    def _trainable_params(self, module: torch.nn.Module) -> List[torch.nn.Parameter]:
+        if self.lora:
+            return [p for n, p in module.named_parameters() if "lora_" in n]
+        return list(module.parameters())
+
+    def _saved_modules(self, stage_index: int) -> Dict[str, torch.nn.Module]:
+        """Components whose weights a resume state holds: for LoRA every adapter, for full
+        fine-tuning the components trained up to and including ``stage_index``."""
+        names: List[str] = []
+        for st in self.stages[: stage_index + 1] if not self.lora else self.stages:
+            if st.unet_lr > 0 and "unet" not in names:
+                names.append("unet")
+            if st.text_encoder_lr > 0:
+                names += [n for n in self.comps.te_names if n not in names]
+        return {n: self.components[n] for n in names}
+
+    def _load_weights(self, cand: Candidate) -> None:
+        from .checkpoint import load_trainable
+
+        try:
+            found = load_trainable(os.path.join(cand.path, "trainable.safetensors"), dict(self.components), self.lora)
+        except (ValueError, RuntimeError) as e:
+            raise TrainerError("data", f"the weights in {relative_state_path(cand.step)} do not fit this model: {e}") from e
+        log(f"loaded trained weights of {', '.join(found) or 'nothing'} from {relative_state_path(cand.step)}")
+
+    # ------------------------------------------------------------------ data
+
+    def _generate_class_images(self) -> None:
+        from .sampling import build_pipeline, render, rendering, save_png
+
+        prior = self.prior
+        rel = prior["classDir"]
+        folder = os.path.join(self.work, rel)
+        os.makedirs(folder, exist_ok=True)
+        total = int(prior["classImages"])
+        names = missing_class_names(folder, total)
+        if not names:
+            return
+        done = total - len(names)
+        log(f"generating {len(names)} class images for {prior['classPrompt']!r} into {rel}/")
+        self.emitter.emit("class_images", done=done, total=total, dir=rel)
+        pipe = build_pipeline(self.comps)
+        batch = 4 if self.device.type == "cuda" else 1
+        seed = int(self.spec["seed"])
+        with rendering(self.comps, self.device, self.autocast):
+            for i in range(0, len(names), batch):
+                chunk = names[i : i + batch]
+                seeds = [seed * 100003 + int(n.split("-")[1].split(".")[0]) for n in chunk]
+                images = render(pipe, [prior["classPrompt"]] * len(chunk), seeds, int(self.spec["resolution"]), int(prior["generationSteps"]), 7.5, None)
+                with self.signals.deferred():
+                    for name, image in zip(chunk, images):
+                        save_png(image, os.path.join(folder, name))
+                done += len(chunk)
+                self.emitter.emit("class_images", done=done, total=total, dir=rel)
+
+    def _cache_key(self, items: List[Item]) -> str:
+        h = hashlib.sha256()
+        h.update(repr((self.spec["base"], self.spec["resolution"])).encode())
+        for it in items:
+            st = os.stat(it.path)
+            h.update(f"{it.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()[:24]
+
+    def _examples(self, items: List[Item], kind: str) -> List[Example]:
+        """Decodes every image once (bad ones are reported and left out) and, with
+        ``cacheLatents``, encodes it with the VAE: the posterior mean and std are kept, and a
+        latent is drawn from them at each use (Kingma & Welling 2014 reparameterisation)."""
+        res = int(self.spec["resolution"])
+        cache = bool(self.spec["cacheLatents"])
+        path = os.path.join(self.work, "cache", f"latents-{kind}-{self._cache_key(items)}.pt") if cache else None
+        if path and os.path.exists(path):
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+                out = [Example(items[i], m.to(self.device), s.to(self.device), t) for i, m, s, t in zip(data["index"], data["mean"], data["std"], data["time_ids"])]
+                log(f"using cached latents of {len(out)} {kind} images ({os.path.relpath(path, self.work)})")
+                return out
+            except Exception as e:  # a damaged cache is only slower
+                log(f"warning: ignoring latent cache {path}: {e}")
+        out: List[Example] = []
+        vae = self.comps.vae
+        for i, it in enumerate(items):
+            try:
+                pixels, orig, crop = load_image(it.path, res)
+            except Exception as e:
+                log(f"warning: leaving out {kind} image {it.name}: it cannot be decoded ({e})")
+                continue
+            ex = Example(it, None, None, sdxl_time_ids(orig, crop, (res, res)))
+            if cache:
+                with torch.no_grad():
+                    dist = vae.encode(pixels[None].to(self.device, dtype=vae.dtype)).latent_dist
+                ex.mean, ex.std = dist.mean[0].float(), dist.std[0].float()
+            out.append(ex)
+            if (i + 1) % 25 == 0:
+                self.signals.check_early()
+        if not out:
+            raise TrainerError("data", f"none of the {len(items)} {kind} images could be decoded")
+        if path:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = path + ".tmp"
+            torch.save(
+                {"index": [items.index(e.item) for e in out], "mean": [e.mean.cpu() for e in out], "std": [e.std.cpu() for e in out], "time_ids": [e.time_ids for e in out]},
+                tmp,
+            )
+            os.replace(tmp, path)
+        return out
+
+    def _prepare_data(self) -> None:
+        data = self.spec["data"]
+        listing = scan_instances(os.path.join(self.work, data["instanceDir"]), data["instancePrompt"], data["captions"])
+        if self.spec["cacheLatents"] and data["randomFlip"]:
+            log("warning: data.randomFlip is ignored with cacheLatents (each image is encoded once)")
+        self.instances = self._examples(listing.items, "instance")
+        self.classes: List[Example] = []
+        if self.prior:
+            items = scan_class_images(os.path.join(self.work, self.prior["classDir"]), self.prior["classPrompt"])[: int(self.prior["classImages"])]
+            if not items:
+                raise TrainerError("data", f"prior preservation is on but {self.prior['classDir']}/ has no class images")
+            self.classes = self._examples(items, "class")
+        log(f"{len(self.instances)} instance images" + (f", {len(self.classes)} class images" if self.prior else ""))
+
+    def _latents(self, examples: List[Example]) -> torch.Tensor:
+        """Latents (B, 4, R/8, R/8) scaled by the VAE's scaling factor."""
+        scale, shift = self.comps.latent_scale()
+        if examples[0].mean is not None:
+            mean = torch.stack([e.mean for e in examples])
+            std = torch.stack([e.std for e in examples])
+            x = mean + std * torch.randn_like(mean)
+        else:
+            pixels = []
+            for e in examples:
+                p, _, _ = load_image(e.item.path, int(self.spec["resolution"]))
+                if self.spec["data"]["randomFlip"] and random.random() < 0.5:
+                    p = torch.flip(p, dims=[2])
+                pixels.append(p)
+            vae = self.comps.vae
+            with torch.no_grad():
+                x = vae.encode(torch.stack(pixels).to(self.device, dtype=vae.dtype)).latent_dist.sample().float()
+        if shift is not None:
+            x = x - shift
+        return x * scale
+
+    # --------------------------------------------------------------- stages
+
+    def _configure_stage(self, stage: Stage) -> List[Dict[str, Any]]:
+        """Sets requires_grad and train/eval per component; returns the optimizer's param groups."""
+        comps = self.comps
+        groups: List[Dict[str, Any]] = []
+        for m in self.components.values():
+            m.requires_grad_(False)
+            m.eval()
+        if stage.unet_lr > 0:
+            params = self._trainable_params(comps.unet)
+            for p in params:
+                p.requires_grad_(True)
+            comps.unet.train()
+            groups.append({"params": params, "lr": stage.unet_lr})
+        if stage.text_encoder_lr > 0:
+            params = []
+            for te in comps.text_encoders:
+                ps = self._trainable_params(te)
+                for p in ps:
+                    p.requires_grad_(True)
+                te.train()
+                params += ps
+            groups.append({"params": params, "lr": stage.text_encoder_lr})
+        if not groups or not any(g["params"] for g in groups):
+            raise TrainerError("spec", f"stage {stage.name} has nothing to train")
+        return groups
+
+    def _make_optimizer(self, groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
+        o = self.spec["optimizer"]
+        betas = (float(o["beta1"]), float(o["beta2"]))
+        if o["type"] == "adamw8bit":
+            try:
+                import bitsandbytes as bnb
+            except ImportError as e:
+                raise TrainerError(
+                    "environment",
+                    "optimizer.type is adamw8bit but bitsandbytes is not installed; run scripts/setup-gpu-host.sh (without --no-8bit) or set optimizer.type to adamw",
+                ) from e
+            if self.device.type != "cuda":
+                raise TrainerError("environment", "optimizer.type adamw8bit needs a CUDA GPU; use adamw on this device")
+            return bnb.optim.AdamW8bit(groups, betas=betas, eps=float(o["epsilon"]), weight_decay=float(o["weightDecay"]))
+        kwargs: Dict[str, Any] = {}
+        # The fused CUDA kernel does the whole update in one launch per parameter group.
+        if self.device.type == "cuda":
+            kwargs["fused"] = True
+        return torch.optim.AdamW(groups, betas=betas, eps=float(o["epsilon"]), weight_decay=float(o["weightDecay"]), **kwargs)
+
+    def _precompute_embeddings(self) -> Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+        """Text embeddings of every caption, computed once while the text encoders are frozen."""
+        captions = sorted({e.item.caption for e in self.instances} | {e.item.caption for e in self.classes})
+        out: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        with torch.no_grad(), self.autocast():
+            for i in range(0, len(captions), 16):
+                chunk = captions[i : i + 16]
+                hidden, pooled = encode_text(self.comps, token_ids(self.comps, chunk, self.device))
+                for j, c in enumerate(chunk):
+                    out[c] = (hidden[j].detach(), pooled[j].detach() if pooled is not None else None)
+        log(f"text encoder frozen: embeddings of {len(out)} distinct captions computed once")
+        return out
+
+    def _micro_batch(self, stage: Stage, embeds: Optional[Dict[str, Any]]) -> torch.Tensor:
+        """Forward pass of one micro-batch; returns the loss (prior term included)."""
+        bs = int(self.spec["batchSize"])
+        batch = [self.instances[i] for i in self.inst_order.take(bs)]
+        if self.prior:
+            batch += [self.classes[i] for i in self.class_order.take(bs)]
+        comps = self.comps
+        latents = self._latents(batch)
+        captions = [e.item.caption for e in batch]
+        with self.autocast():
+            if embeds is not None:
+                hidden = torch.stack([embeds[c][0] for c in captions])
+                pooled = torch.stack([embeds[c][1] for c in captions]) if comps.is_sdxl else None
+            else:
+                hidden, pooled = encode_text(comps, token_ids(comps, captions, self.device))
+            ac = comps.noise_scheduler.alphas_cumprod
+            n_train = int(comps.noise_scheduler.config.num_train_timesteps)
+            timesteps = torch.randint(0, n_train, (latents.shape[0],), device=self.device).long()
+            noise = make_noise(latents, float(self.spec["noiseOffset"]))
+            noisy = add_noise(latents, noise, timesteps, ac)
+            target = target_for(comps.prediction_type, latents, noise, timesteps, ac)
+            added = None
+            if comps.is_sdxl:
+                # float32: sizes such as 3023 px are not exact in bf16.
+                time_ids = torch.tensor([e.time_ids for e in batch], device=self.device, dtype=torch.float32)
+                added = {"text_embeds": pooled, "time_ids": time_ids}
+            pred = comps.unet(noisy, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
+        losses = per_sample_mse(pred, target)
+        weights = min_snr_weights(timesteps, ac, self.spec["minSnrGamma"], comps.prediction_type)
+        if weights is not None:
+            losses = losses * weights
+        if self.prior:
+            inst, prior = losses.chunk(2)
+            # Ruiz et al. 2023, eq. 2: instance loss + lambda * prior-preservation loss.
+            return inst.mean() + float(self.prior["lossWeight"]) * prior.mean()
+        return losses.mean()
+
+    def _optimizer_step(self, stage: Stage, optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], embeds: Optional[Dict[str, Any]]) -> float:
+        accum = int(self.spec["gradientAccumulation"])
+        total = 0.0
+        for _ in range(accum):
+            loss = self._micro_batch(stage, embeds)
+            scaled = loss / accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += float(loss.detach())
+        max_norm = float(self.spec["optimizer"]["maxGradNorm"])
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        if max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total / accum
+
+    # ---------------------------------------------------------------- train
+
+    def _train(self, cand: Optional[Candidate]) -> int:
+        from .checkpoint import load_torch_file, restore_rng
+
+        seed = int(self.spec["seed"])
+        inst_epoch, inst_pos, cls_epoch, cls_pos = 0, 0, 0, 0
+        if cand:
+            d = cand.data
+            inst_epoch, inst_pos = int(d["epoch"]), int(d["position"])
+            cls_epoch, cls_pos = int(d.get("class_epoch", 0)), int(d.get("class_position", 0))
+            if d.get("instance_count") not in (None, len(self.instances)) or d.get("class_count") not in (None, len(self.classes)):
+                raise TrainerError("data", f"the dataset changed since {relative_state_path(cand.step)} ({d.get('instance_count')} instance / {d.get('class_count')} class images then, {len(self.instances)} / {len(self.classes)} now); the data order cannot continue")
+        self.inst_order = DataOrder(len(self.instances), seed, 0, inst_epoch, inst_pos)
+        self.class_order = DataOrder(len(self.classes), seed, 1, cls_epoch, cls_pos) if self.classes else None
+
+        self.throughput = Throughput()
+        if cand:
+            # A signal before the first resumed step names this state instead of rewriting it.
+            self._last_saved = (cand.step, relative_state_path(cand.step))
+        self.signals.start_training()
+        rng_pending = cand is not None
+        if self.step >= self.total:
+            log("no steps left to train; writing the model")
+        for si, stage in enumerate(self.stages):
+            if self.step >= stage.end:
+                continue
+            groups = self._configure_stage(stage)
+            params = [p for g in groups for p in g["params"]]
+            optimizer = self._make_optimizer(groups)
+            lam = make_lambda(self.spec["lrScheduler"]["type"], stage.steps, int(self.spec["lrScheduler"]["warmupSteps"]))
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
+            stage_step = self.step - stage.start
+            if cand and stage_step > 0 and cand.data["stage"] == stage.name and cand.step == self.step:
+                opt_state = load_torch_file(cand.path, "optimizer.pt")
+                optimizer.load_state_dict(opt_state["optimizer"])
+                if self.scaler is not None and opt_state.get("grad_scaler"):
+                    self.scaler.load_state_dict(opt_state["grad_scaler"])
+                scheduler.load_state_dict(load_torch_file(cand.path, "scheduler.pt"))
+                if scheduler.last_epoch != stage_step:
+                    raise TrainerError("data", f"{relative_state_path(cand.step)}: the LR scheduler is at stage step {scheduler.last_epoch}, expected {stage_step}")
+                # Re-evaluate with this spec's stage length: equal to the saved LR unless the
+                # stage was extended, where the longer schedule applies from here on.
+                for g, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                    g["lr"] = base * lam(scheduler.last_epoch)
+                scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+            elif stage_step > 0:
+                raise TrainerError("data", f"cannot resume inside stage {stage.name} at step {self.step} without its optimizer state")
+            embeds = self._precompute_embeddings() if stage.text_encoder_lr == 0 else None
+            if rng_pending:
+                restore_rng(load_torch_file(cand.path, "rng.pt"))
+                rng_pending = False
+            self.throughput.restart()
+            result = self._run_stage(si, stage, optimizer, scheduler, params, embeds)
+            if result is not None:
+                return result
+        return self._finish(cand)
+
+    def _meta(self, stage: Stage) -> Dict[str, Any]:
+        ie, ip = self.inst_order.cursor()
+        ce, cp = self.class_order.cursor() if self.class_order else (0, 0)
+        return {
+            "step": self.step,
+            "stage": stage.name,
+            "stage_step": self.step - stage.start,
+            "epoch": ie,
+            "position": ip,
+            "class_epoch": ce,
+            "class_position": cp,
+            "instance_count": len(self.instances),
+            "class_count": len(self.classes),
+            "seed": int(self.spec["seed"]),
+            "spec_sha256": fingerprint(self.spec),
+            "spec_fields": training_fields(self.spec),
+            "total_steps": self.total,
+            "mode": self.spec["mode"]["type"],
+            "architecture": self.comps.arch,
+        }
+
+    def _save(self, si: int, stage: Stage, optimizer: Any, scheduler: Any, reason: str) -> str:
+        from .checkpoint import save_resume_state
+
+        with self.signals.saving():
+            _folder, nbytes = save_resume_state(self.work, self.step, self._meta(stage), self._saved_modules(si), self.lora, optimizer, scheduler, self.scaler)
+        rel = relative_state_path(self.step)
+        self._last_saved = (self.step, rel)
+        self.emitter.emit("resume_state", step=self.step, path=rel, reason=reason, bytes=nbytes)
+        self.throughput.restart()
+        return rel
+
+    def _run_stage(self, si: int, stage: Stage, optimizer: Any, scheduler: Any, params: List[torch.nn.Parameter], embeds: Optional[Dict[str, Any]]) -> Optional[int]:
+        every = int(self.spec["resumeState"]["every"])
+        sample_every = int(self.spec["samples"]["every"])
+        last_stage = si == len(self.stages) - 1
+        while self.step < stage.end:
+            if self.signals.requested:
+                # A signal during samples or a stage switch: the last finished step is saved.
+                return self._preempt(si, stage, optimizer, scheduler)
+            lr = optimizer.param_groups[0]["lr"]
+            lr_te = optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else None
+            try:
+                loss = self._optimizer_step(stage, optimizer, params, embeds)
+            except torch.cuda.OutOfMemoryError as e:
+                raise TrainerError(
+                    "oom",
+                    f"out of GPU memory at step {self.step + 1} ({e}); lower batchSize or resolution, turn on gradientCheckpointing, use adamw8bit or LoRA",
+                ) from e
+            scheduler.step()
+            self.step += 1
+            self.throughput.tick()
+            vram = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+            fields: Dict[str, Any] = dict(
+                step=self.step,
+                total=self.total,
+                stage=stage.name,
+                stage_step=self.step - stage.start,
+                stage_total=stage.steps,
+                loss=loss,
+                lr=lr,
+                it_per_s=self.throughput.it_per_s(),
+                eta_s=self.throughput.eta_s(self.total - self.step),
+                vram_gb=round(vram, 3) if vram is not None else None,
+                epoch=self.inst_order.cursor()[0],
+            )
+            if lr_te is not None:
+                fields["lr_text_encoder"] = lr_te
+            if not math.isfinite(loss):
+                log(f"warning: loss is {loss} at step {self.step}")
+            self.emitter.emit("step", **fields)
+            if self.step == stage.end:
+                self.emitter.emit("stage_done", stage=stage.name, step=self.step)
+                self._save(si, stage, optimizer, scheduler, "final" if last_stage else "stage_end")
+            elif self.step % every == 0:
+                self._save(si, stage, optimizer, scheduler, "interval")
+            if self.signals.requested:
+                return self._preempt(si, stage, optimizer, scheduler)
+            if sample_every > 0 and self.step % sample_every == 0 and self.step != self.total:
+                self._samples()
+        return None
+
+    def _preempt(self, si: int, stage: Stage, optimizer: Any, scheduler: Any) -> int:
+        """Saves a state for the current step (unless one was just saved), prints ``preempted``."""
+        if self._last_saved and self._last_saved[0] == self.step:
+            rel = self._last_saved[1]
+        else:
+            rel = self._save(si, stage, optimizer, scheduler, "signal")
+        self.emitter.emit("preempted", step=self.step, signal=self.signals.requested, state=rel)
+        log(f"stopped by {self.signals.requested} after step {self.step}; resume state {rel}")
+        return EXIT_PREEMPTED
+
+    # ----------------------------------------------------------- outputs
+
+    def _samples(self) -> None:
+        prompts = self.spec["samples"]["prompts"]
+        if not prompts:
+            return
+        from .sampling import build_pipeline, render, rendering, save_png
+
+        s = self.spec["samples"]
+        folder = os.path.join(self.work, "samples", str(self.step))
+        os.makedirs(folder, exist_ok=True)
+        pipe = build_pipeline(self.comps)
+        with rendering(self.comps, self.device, self.autocast):
+            for i, prompt in enumerate(prompts):
+                if self.signals.requested:
+                    break
+                image = render(pipe, [prompt], [int(s["seed"]) + i], int(self.spec["resolution"]), int(s["steps"]), float(s["guidanceScale"]), s["negativePrompt"] or None)[0]
+                save_png(image, os.path.join(folder, f"{i}.png"))
+                self.emitter.emit("sample", step=self.step, index=i, prompt=prompt, path=f"samples/{self.step}/{i}.png")
+        self.throughput.restart()
+
+    def _finish(self, cand: Optional[Candidate]) -> int:
+        from .export import export_full, export_lora
+
+        if self._last_saved is None and not (cand and cand.step == self.step):
+            raise TrainerError("internal", f"reached step {self.step} without a final resume state")
+        final_rel = relative_state_path(self.step)
+        self._samples()
+        if self.signals.requested:
+            self.emitter.emit("preempted", step=self.step, signal=self.signals.requested, state=final_rel)
+            return EXIT_PREEMPTED
+        with self.signals.saving():
+            if self.lora:
+                adapters = {n: m for n, m in self.components.items() if n in self.ever_trained}
+                mode = self.spec["mode"]
+                nbytes = export_lora(self.work, adapters, int(mode["rank"]), mode["alpha"])
+            else:
+                trained = {n: self.components[n] for n in self.ever_trained}
+                nbytes = export_full(self.work, self.spec, self.comps, trained)
+        self.emitter.emit("done", step=self.step, output="model", format="lora" if self.lora else "diffusers", bytes=nbytes)
+        log(f"done: {self.step} steps; model in {os.path.join(self.work, 'model')}")
+        return 0
