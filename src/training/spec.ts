@@ -256,6 +256,13 @@ export function parseJobSpec(value: unknown, source = 'job spec'): JobSpec {
     throw new BoothError('INVALID_ARGUMENT', `${source} is invalid: ${problems}`);
   }
   if (totalSteps(r.data) === 0) throw new BoothError('INVALID_ARGUMENT', `${source} is invalid: schedule: every stage has 0 steps; give the UNet stage some steps`);
+  const { mode, schedule } = r.data;
+  if (mode.type === 'lora' && !mode.textEncoder && schedule.type === 'two-stage' && schedule.textEncoder.steps > 0) {
+    throw new BoothError(
+      'INVALID_ARGUMENT',
+      `${source} is invalid: schedule.textEncoder.steps is ${schedule.textEncoder.steps} but mode.textEncoder is false, so that LoRA stage would train nothing; set mode.textEncoder to true or the text-encoder steps to 0`,
+    );
+  }
   return r.data;
 }
 

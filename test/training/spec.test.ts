@@ -71,6 +71,13 @@ describe('parseJobSpec', () => {
     expect(() => parseJobSpec({ ...valid, schedule: { type: 'two-stage', textEncoder: { steps: 0, learningRate: 1e-6 }, unet: { steps: 0, learningRate: 1e-6 } } })).toThrow(/0 steps/);
   });
 
+  it('refuses a LoRA text-encoder stage without text-encoder adapters', () => {
+    const lora = presetSpec('face-lora-sdxl', { ...input, base: 'sdxl' });
+    const twoStage = { ...lora, schedule: { type: 'two-stage', textEncoder: { steps: 100, learningRate: 1e-5 }, unet: { steps: 500, learningRate: 1e-4 } } };
+    expect(() => parseJobSpec(twoStage)).toThrow(/mode\.textEncoder is false/);
+    expect(parseJobSpec({ ...twoStage, mode: { ...lora.mode, textEncoder: true } }).schedule.type).toBe('two-stage');
+  });
+
   it('fills defaults', () => {
     const { resumeState, samples, ...rest } = valid;
     const s = parseJobSpec(rest);
