@@ -8,7 +8,8 @@
  * `downloadExport` copies an export to a local file, verifying its SHA-256 on the way.
  */
 import { createHash } from 'node:crypto';
-import { stat } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
+import { RUN_ID_PATTERN, runKeys as trainingRunKeys } from '../training/runs.js';
 import path from 'node:path';
 import { z } from 'zod';
 import { BoothError, isBoothError } from '../errors.js';
@@ -50,10 +51,10 @@ export function exportKeys(session: string, name: string) {
   const root = `sessions/${session}/exports/${name}`;
   return { file: `${root}.safetensors`, yaml: `${root}.yaml`, record: `${root}.json` };
 }
-/** Keys of one run. */
-export function runKeys(session: string, run: string) {
-  const root = `sessions/${session}/runs/${run}`;
-  return { spec: `${root}/spec.json`, status: `${root}/status.json`, model: `${root}/model`, complete: `${root}/model/COMPLETE` };
+/** Keys of one run that an export reads (the layout is owned by `training/runs.ts`). */
+function runKeys(session: string, run: string) {
+  const k = trainingRunKeys(session, run);
+  return { spec: k.spec, status: k.status, model: k.modelPrefix.slice(0, -1), complete: k.modelMarker };
 }
 
 /**
@@ -65,7 +66,7 @@ export async function completeRuns(store: ObjectStore, session: string): Promise
   const runs: string[] = [];
   for await (const info of listAll(store, prefix)) {
     const m = /^([^/]+)\/model\/COMPLETE$/.exec(info.key.slice(prefix.length));
-    if (m?.[1] !== undefined) runs.push(m[1]);
+    if (m?.[1] !== undefined && RUN_ID_PATTERN.test(m[1])) runs.push(m[1]);
   }
   return runs.sort(compareKeys);
 }
@@ -147,7 +148,6 @@ export async function exportRun(store: ObjectStore, session: string, options: Ex
     run = (await completeRuns(store, session)).at(-1);
     if (run === undefined) throw new BoothError('NOT_FOUND', `session "${session}" has no run with a complete model (runs/<run>/model/COMPLETE); train first or wait for the run to finish`);
   } else {
-    if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(run)) throw new BoothError('INVALID_ARGUMENT', `run id ${JSON.stringify(run)} is not valid (letters, digits, '.', '_', '-')`);
     if (!(await store.head(runKeys(session, run).complete))) {
       throw new BoothError('NOT_FOUND', `run "${run}" of session "${session}" has no complete model (runs/${run}/model/COMPLETE is missing); wait for training to finish or pick another run`);
     }
@@ -263,6 +263,8 @@ export async function downloadExport(store: ObjectStore, session: string, name: 
   if (!record || !(await store.head(keys.file))) {
     throw new BoothError('NOT_FOUND', `session "${session}" has no export "${name}"; list them with \`booth exports ${session}\``);
   }
+  // `./models/` names a folder even before it exists, as `cp` reads a trailing slash.
+  if (/[\\/]$/.test(dest)) await mkdir(dest, { recursive: true });
   const isDir = await stat(dest).then((s) => s.isDirectory(), () => false);
   const file = isDir ? path.join(dest, `${name}.safetensors`) : dest;
   const source = await openStoreSource(store, keys.file);

@@ -8,7 +8,7 @@
 export { convertCheckpoint, planCheckpoint, detectArchitecture, checkAgainstLayout, type CheckpointOptions, type CheckpointPlan, type ConvertResult, type ConvertTarget } from './checkpoint.js';
 export { loadComponent, localFolder, storeFolder, type Component, type ModelFolder, type TensorRef } from './diffusers.js';
 export { convertFloats, f16BitsToF32, f32BitsToBf16, f32BitsToF16, FLOAT_DTYPES, nativeFloat16, type FloatDType } from './dtype.js';
-export { completeRuns, downloadExport, exportKeys, exportRun, listExports, runKeys, EXPORT_NAME_PATTERN, type DownloadResult, type ExportOptions, type ExportRecord } from './export.js';
+export { completeRuns, downloadExport, exportKeys, exportRun, listExports, EXPORT_NAME_PATTERN, type DownloadResult, type ExportOptions, type ExportRecord } from './export.js';
 export { createStreamHasher, openFileSource, openStoreSource, writeFileAtomic, type ByteSource, type StreamHasher } from './io.js';
 export { mapHfClip, mapOpenClip, mapUNet, mapVae, unetKey, vaeKey, type ComponentMap, type MappedTensor } from './keymap.js';
 export {

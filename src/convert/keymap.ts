@@ -181,11 +181,23 @@ export function mapVae(inputs: InputShapes, levels: number, prefix = 'first_stag
   return out;
 }
 
+/**
+ * A transformers CLIP text-model tensor name in its classic form. transformers 5 saves
+ * `CLIPTextModel` without the `text_model.` level (`embeddings.…`, `encoder.…`,
+ * `final_layer_norm.…`), while checkpoints saved by earlier versions (and every published SD
+ * release) have it; both load in transformers, so both are accepted here.
+ * @example clipTextName('encoder.layers.0.mlp.fc1.weight') // 'text_model.encoder.layers.0.mlp.fc1.weight'
+ */
+export function clipTextName(name: string): string {
+  return /^(embeddings|encoder|final_layer_norm)\./.test(name) ? `text_model.${name}` : name;
+}
+
 /** Map a transformers CLIP text model under a prefix, names unchanged (SD 1.x; SDXL's first encoder). */
 export function mapHfClip(inputs: InputShapes, prefix: string): ComponentMap {
   const out: ComponentMap = { mapped: [], dropped: [], unknown: [] };
   for (const [name, shape] of inputs) {
-    if (/^text_model\.(embeddings|encoder\.layers\.\d+|final_layer_norm)\./.test(name)) out.mapped.push({ name: prefix + name, shape: [...shape], parts: [name] });
+    const classic = clipTextName(name);
+    if (/^text_model\.(embeddings|encoder\.layers\.\d+|final_layer_norm)\./.test(classic)) out.mapped.push({ name: prefix + classic, shape: [...shape], parts: [name] });
     else out.unknown.push(name);
   }
   return out;
@@ -210,7 +222,8 @@ export function mapOpenClip(inputs: InputShapes, prefix: string): ComponentMap {
   const out: ComponentMap = { mapped: [], dropped: [], unknown: [] };
   const qkv = new Map<string, Map<string, string>>();
   for (const [name, shape] of inputs) {
-    let m = /^text_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$/.exec(name);
+    const classic = clipTextName(name);
+    let m = /^text_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$/.exec(classic);
     if (m) {
       const key = `${m[1]}.${m[3]}`;
       const group = qkv.get(key) ?? new Map<string, string>();
@@ -218,7 +231,7 @@ export function mapOpenClip(inputs: InputShapes, prefix: string): ComponentMap {
       qkv.set(key, group);
       continue;
     }
-    m = /^text_model\.encoder\.layers\.(\d+)\.(self_attn\.out_proj|layer_norm1|layer_norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)$/.exec(name);
+    m = /^text_model\.encoder\.layers\.(\d+)\.(self_attn\.out_proj|layer_norm1|layer_norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)$/.exec(classic);
     if (m) {
       out.mapped.push({ name: `${prefix}transformer.resblocks.${m[1]}.${OPENCLIP_LAYER[m[2] ?? '']}.${m[3]}`, shape: [...shape], parts: [name] });
       continue;
@@ -229,9 +242,9 @@ export function mapOpenClip(inputs: InputShapes, prefix: string): ComponentMap {
       'text_model.final_layer_norm.weight': 'ln_final.weight',
       'text_model.final_layer_norm.bias': 'ln_final.bias',
     };
-    const f = fixed[name];
+    const f = fixed[classic];
     if (f !== undefined) out.mapped.push({ name: prefix + f, shape: [...shape], parts: [name] });
-    else if (name === 'text_model.embeddings.position_ids') out.dropped.push({ name, reason: 'OpenCLIP has no position_ids buffer (positions are implicit)' });
+    else if (classic === 'text_model.embeddings.position_ids') out.dropped.push({ name, reason: 'OpenCLIP has no position_ids buffer (positions are implicit)' });
     else if (name === 'text_projection.weight' && shape.length === 2) {
       out.mapped.push({ name: `${prefix}text_projection`, shape: [shape[1] ?? 0, shape[0] ?? 0], parts: [name], transpose: true });
     } else out.unknown.push(name);

@@ -13,7 +13,7 @@
 import { BoothError } from '../errors.js';
 import { f32BitsToBf16, f32BitsToF16 } from './dtype.js';
 import type { ByteSource } from './io.js';
-import { unetKey } from './keymap.js';
+import { clipTextName, unetKey } from './keymap.js';
 import type { UNetConfig } from './layouts.js';
 import { modelspecMetadata, type Architecture, type ModelFacts, type PredictionType } from './metadata.js';
 import { readHeader, type DType, type SafetensorsFile } from './safetensors.js';
@@ -119,9 +119,9 @@ export async function planLora(source: ByteSource, options: LoraOptions = {}): P
       if (comp === 'unet') {
         const original = unetKey(`${module}.weight`, STANDARD_UNET[arch] as UNetConfig);
         if (original !== null) kohya = `lora_unet_${(arch === 'sdxl' ? original.replace(/\.weight$/, '') : module).replace(/\./g, '_')}`;
-      } else if (TEXT_MODULE.test(module) && !(comp === 'text_encoder_2' && arch !== 'sdxl')) {
+      } else if (TEXT_MODULE.test(clipTextName(module)) && !(comp === 'text_encoder_2' && arch !== 'sdxl')) {
         const te = arch === 'sdxl' ? (comp === 'text_encoder' ? 'lora_te1_' : 'lora_te2_') : 'lora_te_';
-        kohya = te + module.replace(/\./g, '_');
+        kohya = te + clipTextName(module).replace(/\./g, '_');
       }
       if (kohya === null) {
         unknown.push(name);

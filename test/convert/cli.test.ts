@@ -65,10 +65,10 @@ describe.skipIf(!built)('booth convert / export / download', () => {
     for (const e of await readdir(folder, { withFileTypes: true, recursive: true })) {
       if (!e.isFile()) continue;
       const full = path.join(e.parentPath, e.name);
-      await store.put(`sessions/bob/runs/r1/model/${path.relative(folder, full).split(path.sep).join('/')}`, await readFile(full));
+      await store.put(`sessions/bob/runs/20250101-000000-b0b0/model/${path.relative(folder, full).split(path.sep).join('/')}`, await readFile(full));
     }
-    await store.put('sessions/bob/runs/r1/spec.json', JSON.stringify({ base: { architecture: 'sd1', model: 'sd15' }, resolution: 512, mode: { type: 'full' } }));
-    await store.put('sessions/bob/runs/r1/model/COMPLETE', '');
+    await store.put('sessions/bob/runs/20250101-000000-b0b0/spec.json', JSON.stringify({ base: { architecture: 'sd1', model: 'sd15' }, resolution: 512, mode: { type: 'full' } }));
+    await store.put('sessions/bob/runs/20250101-000000-b0b0/model/COMPLETE', '');
     await store.close();
     const r = await booth(storeUrl, ['export', 'bob', '--name', 'bob-v1', '--json']);
     expect(r.code, r.stderr).toBe(0);

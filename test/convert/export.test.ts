@@ -42,19 +42,19 @@ const spec = { base: { architecture: 'sd1', model: 'runwayml/stable-diffusion-v1
 
 describe('booth export (library)', () => {
   it('refuses a session without a complete run', async () => {
-    await makeRun('20250101-000000', spec, false);
+    await makeRun('20250101-000000-0a0a', spec, false);
     await expect(exportRun(store, 'alice')).rejects.toThrow(/no run with a complete model/);
-    await expect(exportRun(store, 'alice', { run: '20250101-000000' })).rejects.toThrow(/model\/COMPLETE is missing/);
+    await expect(exportRun(store, 'alice', { run: '20250101-000000-0a0a' })).rejects.toThrow(/model\/COMPLETE is missing/);
   });
 
   it('exports the newest complete run with metadata, hashes and a record; download verifies the hash', async () => {
-    await makeRun('20250102-000000', spec);
-    await makeRun('20250103-000000', spec);
-    await makeRun('20250104-000000', spec, false);
+    await makeRun('20250102-000000-0a0a', spec);
+    await makeRun('20250103-000000-0a0a', spec);
+    await makeRun('20250104-000000-0a0a', spec, false);
     const rec = await exportRun(store, 'alice', { dtype: 'fp16' });
-    expect(rec.run).toBe('20250103-000000');
-    expect(rec.name).toBe('alice-20250103-000000');
-    expect(rec.key).toBe('sessions/alice/exports/alice-20250103-000000.safetensors');
+    expect(rec.run).toBe('20250103-000000-0a0a');
+    expect(rec.name).toBe('alice-20250103-000000-0a0a');
+    expect(rec.key).toBe('sessions/alice/exports/alice-20250103-000000-0a0a.safetensors');
     expect(rec.autov2).toBe(rec.sha256.slice(0, 10));
     expect(rec.yamlKey).toBeNull();
     const stored = await readFile(path.join(dir, 'store', rec.key));
@@ -80,15 +80,15 @@ describe('booth export (library)', () => {
   });
 
   it('a failing export leaves an earlier export of the same name intact', async () => {
-    const before = await readFile(path.join(dir, 'store', 'sessions/alice/exports/alice-20250103-000000.safetensors'));
+    const before = await readFile(path.join(dir, 'store', 'sessions/alice/exports/alice-20250103-000000-0a0a.safetensors'));
     const broken = path.join(dir, 'model-broken');
     await writeDiffusersFolder(broken, shrink(SD15_INLINE, 16), { shards: 2 });
     const shard = path.join(broken, 'unet', 'diffusion_pytorch_model-00002-of-00002.safetensors');
     const b = await readFile(shard);
     await writeFile(shard, b.subarray(0, b.byteLength - 64));
-    await makeRun('20250105-000000', spec, true, broken);
-    await expect(exportRun(store, 'alice', { run: '20250105-000000', name: 'alice-20250103-000000' })).rejects.toThrow(/truncated|out-of-range/);
-    expect(await readFile(path.join(dir, 'store', 'sessions/alice/exports/alice-20250103-000000.safetensors'))).toEqual(before);
+    await makeRun('20250105-000000-0a0a', spec, true, broken);
+    await expect(exportRun(store, 'alice', { run: '20250105-000000-0a0a', name: 'alice-20250103-000000-0a0a' })).rejects.toThrow(/truncated|out-of-range/);
+    expect(await readFile(path.join(dir, 'store', 'sessions/alice/exports/alice-20250103-000000-0a0a.safetensors'))).toEqual(before);
   });
 
   it('refuses --step with a clear message', async () => {
@@ -109,8 +109,8 @@ describe('booth export (library)', () => {
     const local = path.join(dir, 'lora');
     await mkdir(local, { recursive: true });
     await writeFile(path.join(local, 'pytorch_lora_weights.safetensors'), safetensorsBytes(tensors, { 'booth.lora_rank': '4', 'booth.lora_alpha': '2' }));
-    await makeRun('20250106-000000', { base: { architecture: 'sd1', model: 'x' }, resolution: 512, mode: { type: 'lora', rank: 4, alpha: 2 } }, true, local);
-    const rec = await exportRun(store, 'alice', { run: '20250106-000000', dtype: 'fp32', name: 'alice-lora' });
+    await makeRun('20250106-000000-0a0a', { base: { architecture: 'sd1', model: 'x' }, resolution: 512, mode: { type: 'lora', rank: 4, alpha: 2 } }, true, local);
+    const rec = await exportRun(store, 'alice', { run: '20250106-000000-0a0a', dtype: 'fp32', name: 'alice-lora' });
     expect(rec.kind).toBe('lora');
     const file = readSafetensors(await readFile(path.join(dir, 'store', rec.key)));
     const k = 'lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q';

@@ -1,7 +1,8 @@
 /**
  * The real Python trainer behind the real worker, on a tiny random SD 1.5 pipeline built from the
  * configs in ../shared/models, on CPU or GPU: launch → progress → SIGTERM → resume at the exact
- * step → done, model uploaded with its marker. Runs wherever torch and diffusers import (set
+ * step → done, model uploaded with its marker → exported as one .safetensors that diffusers'
+ * `from_single_file` loads with the same weights. Runs wherever torch and diffusers import (set
  * BOOTH_TEST_PYTHONPATH to a folder holding them); skips with the reason elsewhere, as in CI.
  */
 import { execa } from 'execa';
@@ -21,6 +22,7 @@ import { parseEventLine, type EventOf } from '../../src/training/protocol.js';
 import { RunStore, newRunId, runKeys } from '../../src/training/runs.js';
 import { resolveTrainerCommand, TRAINER_DIR } from '../../src/training/trainer-command.js';
 import { startWorker } from '../../src/training/worker.js';
+import { exportKeys, exportRun } from '../../src/convert/index.js';
 import { preparedSession } from '../helpers/training.js';
 
 const SHARED_MODELS = fileURLToPath(new URL('../../../shared/models/sd15/unet/config.json', import.meta.url));
@@ -87,5 +89,28 @@ describe.skipIf(reason !== null)('the real trainer behind the worker (tiny SD 1.
     // Linear decay from 2e-6 over 24 steps, no warmup: step k uses lr · (24 − (k − 1)) / 24.
     for (const e of all) expect(e.lr).toBeCloseTo((2e-6 * (24 - (e.step - 1))) / 24, 12);
     expect(await readAll(store, runKeys('bag', run).modelMarker)).toBeTruthy();
+
+    // The export loads in diffusers' own single-file loader and equals the trained Diffusers
+    // weights up to fp16 rounding.
+    const exported = await exportRun(store, 'bag', { run, dtype: 'fp16' });
+    const file = path.join(dir, 'store', exportKeys('bag', exported.name).file);
+    const model = path.join(dir, 'store', runKeys('bag', run).modelPrefix);
+    const check = [
+      'import sys, json',
+      'from diffusers import StableDiffusionPipeline',
+      'single = StableDiffusionPipeline.from_single_file(sys.argv[1], config=sys.argv[2], local_files_only=True)',
+      'ref = StableDiffusionPipeline.from_pretrained(sys.argv[2], local_files_only=True)',
+      'out = {}',
+      'for c in ["unet", "vae", "text_encoder"]:',
+      '    a, b = getattr(single, c).state_dict(), getattr(ref, c).state_dict()',
+      '    out[c] = [len([k for k in b if k in a]), len(b), max(float((a[k].float() - b[k].float()).abs().max()) for k in b if k in a)]',
+      'print(json.dumps(out))',
+    ].join('\n');
+    const r = await execa('python3', ['-c', check, file, model], { env });
+    const cmp = JSON.parse(String(r.stdout).trim().split('\n').at(-1)!) as Record<string, [number, number, number]>;
+    for (const [component, [found, total, maxDiff]] of Object.entries(cmp)) {
+      expect(found, component).toBe(total);
+      expect(maxDiff, component).toBeLessThan(2e-3);
+    }
   }, 600_000);
 });
