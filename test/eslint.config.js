@@ -24,4 +24,14 @@ export default tseslint.config(
     files: ['scripts/**/*.js', 'test/fixtures/**/*.mjs'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly', URL: 'readonly', performance: 'readonly', Buffer: 'readonly', setTimeout: 'readonly' } },
   },
+  {
+    // The web UI's plain ES modules run in the browser, served as they are (no bundler).
+    files: ['src/server/ui/**/*.js'],
+    languageOptions: {
+      sourceType: 'module',
+      globals: Object.fromEntries(
+        ['window', 'document', 'location', 'localStorage', 'fetch', 'FormData', 'XMLHttpRequest', 'AbortController', 'TextDecoderStream', 'URLSearchParams', 'Node', 'getComputedStyle', 'setTimeout', 'clearTimeout'].map((g) => [g, 'readonly']),
+      ),
+    },
+  },
 );

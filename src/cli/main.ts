@@ -16,6 +16,7 @@ import { checkName, createCli, phasedProgress, print, usage, type Context } from
 import { formatPhotoTable, formatSessionList, localPath } from './format.js';
 import { registerExportCommands } from './export.js';
 import { registerCaptionCommands } from './caption.js';
+import { registerServeCommands } from './serve.js';
 
 const program = new Command();
 const cli = createCli(program);
@@ -289,6 +290,7 @@ registerTrainCommands(cli);
 registerCaptionCommands(cli);
 
 registerExportCommands(cli);
+registerServeCommands(cli);
 
 async function main(): Promise<void> {
   const json = process.argv.includes('--json');

@@ -324,7 +324,9 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
       entries.push(entryFor(photo, null, null));
       return;
     }
-    const plan: CropPlan = face ? planFaceCrop(image, face, settings.framing, settings.resolution, { others: faces }) : await planSalientCrop(image, settings.resolution);
+    const planned: CropPlan = face ? planFaceCrop(image, face, settings.framing, settings.resolution, { others: faces }) : await planSalientCrop(image, settings.resolution);
+    // A crop set by hand (review UI) wins over the plan for as long as it fits the photo.
+    const plan: CropPlan = photo.cropOverride ? applyCropOverride(planned, photo.cropOverride, image, settings.resolution) : planned;
     photo.crop = plan.rect;
     photo.cropStrategy = plan.strategy;
     photo.framing = plan.framing;
@@ -380,6 +382,28 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
   function entryFor(photo: PhotoRecord, preview: Buffer | null, result: Buffer | null): ContactSheetEntry {
     return photoEntry(photo, preview, result);
   }
+}
+
+/**
+ * The plan with a hand-set crop: the rectangle made square and clamped into the photo, the
+ * upscale recomputed; head and framing facts are kept from the automatic plan (they describe the
+ * subject and the photo's edges; a person who cuts the head by hand did so on purpose).
+ * @example applyCropOverride(plan, { x: 10, y: 20, width: 400, height: 400 }, image, 512)
+ */
+export function applyCropOverride(plan: CropPlan, override: Rect, size: { width: number; height: number }, outputSize: number): CropPlan {
+  const rect = clampSquare(override, size);
+  return { ...plan, rect, upscale: outputSize / rect.width };
+}
+
+/**
+ * A square of side min(width, height) of `r`, moved (not shrunk further) to lie inside the photo.
+ * @example clampSquare({ x: -10, y: 0, width: 300, height: 280 }, { width: 640, height: 480 }) // { x: 0, y: 0, width: 280, height: 280 }
+ */
+export function clampSquare(r: Rect, size: { width: number; height: number }): Rect {
+  const side = Math.max(1, Math.min(Math.round(Math.min(r.width, r.height)), size.width, size.height));
+  const x = Math.min(Math.max(0, Math.round(r.x)), size.width - side);
+  const y = Math.min(Math.max(0, Math.round(r.y)), size.height - side);
+  return { x, y, width: side, height: side };
 }
 
 /** Clear a record's preparation results (kept: identity of the file, override). */

@@ -98,6 +98,11 @@ const photoSchema = z.object({
   faceScore: z.number().nullable(),
   /** Crop rectangle in source pixels (square), or null when not prepared. */
   crop: rectSchema.nullable(),
+  /**
+   * A crop set by hand (source pixels, square), used instead of the planned one by every later
+   * `prepare`; absent or null means automatic. Absent in sessions from before it existed.
+   */
+  cropOverride: rectSchema.nullable().optional(),
   cropStrategy: z.enum(['face', 'salient', 'center']).nullable(),
   framing: z.enum(FRAMINGS as unknown as [Framing, ...Framing[]]).nullable(),
   framingAchieved: z.enum(FRAMINGS as unknown as [Framing, ...Framing[]]).nullable(),
