@@ -6,10 +6,13 @@
  * preempted with a resume state (a scheduler should requeue it) and 76 when a person stopped it.
  */
 import { readFile } from 'node:fs/promises';
-import { Option } from 'commander';
+import { Option, type Command } from 'commander';
 import { errorMessage } from '../errors.js';
-import { extendRun, resumeRun, runInfo, stopRun, trainSession, type LaunchResult, type RunInfo } from '../training/control.js';
-import { createLocalLauncher, defaultWorkRoot, runWorkDir } from '../training/launchers/local.js';
+import { extendRun, resumeRun, runInfo, stopRun, trainSession, type LaunchResult, type ReconcileOptions, type RunInfo } from '../training/control.js';
+import { LAUNCHERS, existingLauncher, launcherByName, probeLaunch } from '../training/launchers/index.js';
+import { defaultWorkRoot, runWorkDir } from '../training/launchers/local.js';
+import type { SlurmSettingsInput } from '../training/launchers/slurm-settings.js';
+import { slurmOutputFile } from '../training/launchers/slurm.js';
 import type { Launcher } from '../training/launchers/types.js';
 import { parseEventLine } from '../training/protocol.js';
 import { estimateVramGb } from '../training/requirements.js';
@@ -21,9 +24,66 @@ import { checkName, print, usage, type Cli } from './shared.js';
 
 const TERMINAL: ReadonlySet<EffectiveState> = new Set(['done', 'failed', 'stopped', 'preempted', 'lost']);
 
-function launcherFor(name: string, workerArgs: string[] = []): Launcher {
-  if (name === 'local') return createLocalLauncher({ workerArgs });
-  usage(`--launcher ${name}: only "local" is available in this version`);
+/** Reconciling with the scheduler: every command that shows or acts on a run's state asks it. */
+const RECONCILE: ReconcileOptions = { probe: (launch) => probeLaunch(launch) };
+
+/** Slurm flags shared by train, resume and extend (they win over BOOTH_SLURM_* and the settings file). */
+interface SlurmFlags {
+  partition?: string;
+  gpus?: number;
+  gpuType?: string;
+  cpus?: number;
+  mem?: string;
+  time?: string;
+  account?: string;
+  qos?: string;
+  constraint?: string;
+  signalGrace?: number;
+  sbatch: string[];
+}
+
+function addLauncherOptions(cmd: Command, defaultHint: string): Command {
+  return cmd
+    .addOption(new Option('--launcher <name>', `where the worker runs: local (this machine) or slurm (a batch job; see docs/slurm.md) (default: ${defaultHint})`).choices([...LAUNCHERS]))
+    .option('--partition <name>', 'Slurm: partition ($BOOTH_SLURM_PARTITION)')
+    .option('--gpus <n>', 'Slurm: GPUs on the node, 0 for none; more than 1 trains with accelerate, one process per GPU ($BOOTH_SLURM_GPUS, default 1)', nonNegativeInt('--gpus'))
+    .option('--gpu-type <type>', 'Slurm: GPU type in the request, e.g. a100 ($BOOTH_SLURM_GPU_TYPE)')
+    .option('--cpus <n>', 'Slurm: --cpus-per-task ($BOOTH_SLURM_CPUS)', positiveInt('--cpus'))
+    .option('--mem <size>', 'Slurm: memory, e.g. 64G ($BOOTH_SLURM_MEM)')
+    .option('--time <limit>', 'Slurm: time limit per allocation, e.g. 04:00:00; the run requeues itself to go on ($BOOTH_SLURM_TIME)')
+    .option('--account <name>', 'Slurm: account ($BOOTH_SLURM_ACCOUNT)')
+    .option('--qos <name>', 'Slurm: quality of service ($BOOTH_SLURM_QOS)')
+    .option('--constraint <expr>', 'Slurm: node features ($BOOTH_SLURM_CONSTRAINT)')
+    .option('--signal-grace <seconds>', 'Slurm: warning before the time limit for saving a resume state ($BOOTH_SLURM_SIGNAL_GRACE, default 300)', positiveInt('--signal-grace'))
+    .option('--sbatch <option>', 'Slurm: one more #SBATCH option, repeatable: --sbatch=--exclusive', (v: string, prev: string[]) => [...prev, v], [] as string[]);
+}
+
+function slurmInput(o: SlurmFlags): SlurmSettingsInput {
+  const { partition, gpus, gpuType, cpus, mem, time, account, qos, constraint, signalGrace, sbatch } = o;
+  return { partition, gpus, gpuType, cpus, mem, time, account, qos, constraint, signalGrace, sbatch };
+}
+
+function launcherFor(name: string, workerArgs: string[] = [], flags?: SlurmFlags): Launcher {
+  if (!(LAUNCHERS as readonly string[]).includes(name)) usage(`--launcher ${name}: choose one of ${LAUNCHERS.join(', ')}`);
+  return launcherByName(name, { workerArgs, ...(flags ? { slurm: slurmInput(flags) } : {}) });
+}
+
+/** The launcher a resume/extend uses: the one asked for, else the one of the run's last launch, else local. */
+async function resumeLauncher(store: Parameters<typeof runInfo>[0], session: string, run: string | undefined, o: SlurmFlags & { launcher?: string; check: boolean }): Promise<Launcher> {
+  let name = o.launcher;
+  if (!name) {
+    const info = await runInfo(store, session, run);
+    name = info.record.launches.at(-1)?.launcher ?? 'local';
+  }
+  return launcherFor(name, o.check ? [] : ['--no-check'], o);
+}
+
+function nonNegativeInt(flag: string) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < 0) usage(`${flag} must be a whole number (0 or more), got ${JSON.stringify(value)}`);
+    return n;
+  };
 }
 
 function positiveInt(flag: string) {
@@ -75,7 +135,18 @@ export function formatRun(info: RunInfo): string {
       for (const l of status.error.tail.slice(-10)) lines.push(`    | ${l}`);
     }
   }
-  if (info.state === 'lost') lines.push(`  the worker process is gone without a final report; \`booth resume ${record.session}\` continues from the last complete resume state`);
+  const last = record.launches.at(-1);
+  if (last?.launcher === 'slurm') {
+    const out = slurmOutputFile(last.handle);
+    lines.push(`  Slurm job ${String(last.handle.jobId)}${info.scheduler?.detail ? `: ${info.scheduler.detail.replace(/^Slurm job /, '')}` : ''}${out ? `; output ${out}` : ''}`);
+  }
+  if (info.state === 'lost') {
+    lines.push(
+      last?.launcher === 'slurm'
+        ? `  the Slurm job ended without a final report from the worker (killed, node failure or time limit before the save); \`booth resume ${record.session}\` continues from the last complete resume state`
+        : `  the worker process is gone without a final report; \`booth resume ${record.session}\` continues from the last complete resume state`,
+    );
+  }
   const s = record.session;
   const next: Record<string, string> = {
     running: `booth logs ${s} -f  ·  booth stop ${s}`,
@@ -127,7 +198,9 @@ function launched(json: boolean, r: LaunchResult, session: string, verb: string)
   print(json, { session, run: r.run, attempt: r.attempt, handle: r.handle, estimatedVramGb: r.estimate.gb, spec: r.spec }, () =>
     [
       `${verb} run ${r.run} of "${session}" (attempt ${r.attempt}): ${totalSteps(r.spec)} steps (${stages}), ${r.spec.mode.type}, ${r.spec.resolution} px, ${r.spec.base.model}.`,
-      `Estimated GPU memory: ${r.estimate.gb} GiB. Worker pid ${String(r.handle.pid ?? '?')}, its own log ${String(r.handle.logFile ?? '')}`,
+      r.handle.jobId !== undefined
+        ? `Estimated GPU memory: ${r.estimate.gb} GiB. Slurm job ${String(r.handle.jobId)}, its output ${slurmOutputFile(r.handle) ?? '?'} (booth logs ${session} --slurm)`
+        : `Estimated GPU memory: ${r.estimate.gb} GiB. Worker pid ${String(r.handle.pid ?? '?')}, its own log ${String(r.handle.logFile ?? '')}`,
       `Follow: booth logs ${session} -f   ·   booth status ${session}   ·   booth stop ${session}`,
     ].join('\n'),
   );
@@ -137,7 +210,7 @@ function launched(json: boolean, r: LaunchResult, session: string, verb: string)
 export function registerTrainCommands(cli: Cli): void {
   const { program } = cli;
 
-  program
+  addLauncherOptions(program
     .command('train <session>')
     .description(
       'start a training run of a prepared session on a GPU (the worker runs detached; this command returns at once).\n' +
@@ -148,12 +221,11 @@ export function registerTrainCommands(cli: Cli): void {
     .option('--spec <file>', 'a whole job spec as JSON instead of a preset (see docs/training.md)')
     .option('--set <path=value>', 'override one spec field, repeatable: --set schedule.unet.steps=2000 --set mixedPrecision=bf16', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--steps <n>', 'total optimizer steps (resizes the last stage)', positiveInt('--steps'))
-    .option('--base-model <path-or-id>', 'local Diffusers folder on the GPU host, or a Hugging Face model id')
-    .option('--launcher <name>', 'where the worker runs: local (this machine)', 'local')
+    .option('--base-model <path-or-id>', 'local Diffusers folder on the GPU host, or a Hugging Face model id'), 'local')
     .option('--no-check', 'skip the GPU host check (GPU present, packages, free VRAM) before training')
     .option('--dry-run', 'print the spec and the memory estimate; launch nothing')
     .option('--json', 'print JSON')
-    .action(async (session: string, o: { preset?: PresetName; spec?: string; set: string[]; steps?: number; baseModel?: string; launcher: string; check: boolean; dryRun?: boolean; json?: boolean }) => {
+    .action(async (session: string, o: SlurmFlags & { preset?: PresetName; spec?: string; set: string[]; steps?: number; baseModel?: string; launcher?: string; check: boolean; dryRun?: boolean; json?: boolean }) => {
       checkName(session);
       const { store, sessions } = await cli.context();
       let spec: unknown;
@@ -175,7 +247,7 @@ export function registerTrainCommands(cli: Cli): void {
         );
         return;
       }
-      const launcher = launcherFor(o.launcher, o.check ? [] : ['--no-check']);
+      const launcher = launcherFor(o.launcher ?? 'local', o.check ? [] : ['--no-check'], o);
       launched(Boolean(o.json), await trainSession(store, sessions, launcher, session, req), session, 'Launched');
     });
 
@@ -191,7 +263,7 @@ export function registerTrainCommands(cli: Cli): void {
       const rows: Row[] = [];
       for (const id of ids) {
         try {
-          const info = await runInfo(store, session, id);
+          const info = await runInfo(store, session, id, RECONCILE);
           rows.push({ run: id, state: info.state, step: info.status?.step ?? 0, total: info.status?.total || totalSteps(info.spec), preset: info.record.preset, createdAt: info.record.createdAt, attempts: info.record.launches.length });
         } catch (err) {
           rows.push({ run: id, error: errorMessage(err) });
@@ -213,7 +285,7 @@ export function registerTrainCommands(cli: Cli): void {
       checkName(session);
       const { store } = await cli.context();
       for (;;) {
-        const info = await runInfo(store, session, run);
+        const info = await runInfo(store, session, run, RECONCILE);
         if (o.watch && !o.json && process.stdout.isTTY) process.stdout.write('\x1b[2J\x1b[H');
         print(Boolean(o.json), info, () => formatRun(info));
         if (!o.watch || TERMINAL.has(info.state)) break;
@@ -227,10 +299,25 @@ export function registerTrainCommands(cli: Cli): void {
     .option('-f, --follow', 'keep printing new lines until the run ends')
     .option('--attempt <n>', 'only this attempt', positiveInt('--attempt'))
     .option('--raw', 'print protocol events as raw JSON lines')
-    .action(async (session: string, run: string | undefined, o: { follow?: boolean; attempt?: number; raw?: boolean }) => {
+    .option('--slurm', "print the Slurm output files of the run's Slurm jobs instead (readable where the log directory is)")
+    .action(async (session: string, run: string | undefined, o: { follow?: boolean; attempt?: number; raw?: boolean; slurm?: boolean }) => {
       checkName(session);
       const { store } = await cli.context();
       const id = await new RunStore(store).resolve(session, run);
+      if (o.slurm) {
+        const info = await runInfo(store, session, id);
+        const files = [...new Set(info.record.launches.filter((l) => l.launcher === 'slurm').map((l) => slurmOutputFile(l.handle)).filter((f): f is string => f !== null))];
+        if (files.length === 0) usage(`run ${id} has no Slurm launches; its log is \`booth logs ${session} ${id}\``);
+        for (const file of files) {
+          process.stdout.write(`==> ${file} <==\n`);
+          try {
+            process.stdout.write(await readFile(file, 'utf8'));
+          } catch (err) {
+            process.stdout.write(`(cannot read it here: ${errorMessage(err)}; it is on the cluster's shared filesystem)\n`);
+          }
+        }
+        return;
+      }
       const keys = runKeys(session, id);
       const offsets = new Map<number, number>();
       const partial = new Map<number, string>();
@@ -256,8 +343,11 @@ export function registerTrainCommands(cli: Cli): void {
         emit(attempt, data.toString('utf8'), false);
       };
       for (;;) {
-        const info = await runInfo(store, session, id);
-        const attempts = o.attempt ? [o.attempt] : info.record.launches.map((l) => l.attempt);
+        const info = await runInfo(store, session, id, RECONCILE);
+        // Attempts are numbered 1…n without gaps; a scheduler's requeues add attempts that only
+        // the worker's status knows about.
+        const newest = Math.max(0, ...info.record.launches.map((l) => l.attempt), info.status?.attempt ?? 0);
+        const attempts = o.attempt ? [o.attempt] : Array.from({ length: newest }, (_, i) => i + 1);
         for (const a of attempts) await readNew(a);
         if (!o.follow || TERMINAL.has(info.state)) {
           // One more read: the worker uploads its log after its final status.
@@ -285,12 +375,13 @@ export function registerTrainCommands(cli: Cli): void {
     .action(async (session: string, run: string | undefined, o: { wait?: boolean; json?: boolean }) => {
       checkName(session);
       const { store } = await cli.context();
-      const info = await stopRun(store, launcherFor('local'), session, run);
+      // The run's last launch says which launcher stops it (a Slurm job is cancelled with scancel).
+      const info = await stopRun(store, (name) => existingLauncher(name), session, run, RECONCILE);
       let state: EffectiveState = 'stopping';
       let final: RunInfo = info;
       if (o.wait) {
         for (;;) {
-          final = await runInfo(store, session, info.record.run);
+          final = await runInfo(store, session, info.record.run, RECONCILE);
           state = final.state;
           if (TERMINAL.has(state)) break;
           await new Promise((r) => setTimeout(r, 1000));
@@ -301,29 +392,27 @@ export function registerTrainCommands(cli: Cli): void {
       );
     });
 
-  program
+  addLauncherOptions(program
     .command('resume <session> [run]')
-    .description('continue a stopped, preempted, failed or lost run from its newest complete resume state, at the exact step')
-    .option('--launcher <name>', 'where the worker runs: local', 'local')
+    .description('continue a stopped, preempted, failed or lost run from its newest complete resume state, at the exact step'), "the run's last launcher")
     .option('--no-check', 'skip the GPU host check')
     .option('--json', 'print JSON')
-    .action(async (session: string, run: string | undefined, o: { launcher: string; check: boolean; json?: boolean }) => {
+    .action(async (session: string, run: string | undefined, o: SlurmFlags & { launcher?: string; check: boolean; json?: boolean }) => {
       checkName(session);
       const { store } = await cli.context();
-      launched(Boolean(o.json), await resumeRun(store, launcherFor(o.launcher, o.check ? [] : ['--no-check']), session, run), session, 'Resumed');
+      launched(Boolean(o.json), await resumeRun(store, await resumeLauncher(store, session, run, o), session, run, RECONCILE), session, 'Resumed');
     });
 
-  program
+  addLauncherOptions(program
     .command('extend <session> [run]')
-    .description('train a run further: raise its total step count and continue from its newest resume state (a finished run continues from its final state)')
+    .description('train a run further: raise its total step count and continue from its newest resume state (a finished run continues from its final state)'), "the run's last launcher")
     .requiredOption('--steps <n>', 'the new total number of steps (above the current total)', positiveInt('--steps'))
-    .option('--launcher <name>', 'where the worker runs: local', 'local')
     .option('--no-check', 'skip the GPU host check')
     .option('--json', 'print JSON')
-    .action(async (session: string, run: string | undefined, o: { steps: number; launcher: string; check: boolean; json?: boolean }) => {
+    .action(async (session: string, run: string | undefined, o: SlurmFlags & { steps: number; launcher?: string; check: boolean; json?: boolean }) => {
       checkName(session);
       const { store } = await cli.context();
-      launched(Boolean(o.json), await extendRun(store, launcherFor(o.launcher, o.check ? [] : ['--no-check']), session, run, o.steps), session, 'Extended');
+      launched(Boolean(o.json), await extendRun(store, await resumeLauncher(store, session, run, o), session, run, o.steps, RECONCILE), session, 'Extended');
     });
 
   program
@@ -337,11 +426,12 @@ export function registerTrainCommands(cli: Cli): void {
     .option('--work-dir <dir>', 'local work directory (default $BOOTH_WORK_DIR/<session>/<run> or ~/.cache/booth/work/…)')
     .option('--no-check', 'skip the GPU host check')
     .option('--grace <seconds>', 'how long the trainer gets to save after a stop signal', positiveInt('--grace'), 120)
-    .action(async (session: string, run: string, o: { attempt: number; workDir?: string; check: boolean; grace: number }) => {
+    .option('--processes <n>', 'trainer processes, one per GPU on this node; above 1 the trainer runs under `accelerate launch` (default $BOOTH_TRAINER_PROCESSES or 1)', positiveInt('--processes'))
+    .action(async (session: string, run: string, o: { attempt: number; workDir?: string; check: boolean; grace: number; processes?: number }) => {
       checkName(session);
       runKeys(session, run);
       const { store, logger } = await cli.context();
-      const trainer = resolveTrainerCommand();
+      const trainer = resolveTrainerCommand(process.env, o.processes ? { processes: o.processes } : {});
       const handle = startWorker({
         store,
         session,
@@ -349,6 +439,7 @@ export function registerTrainCommands(cli: Cli): void {
         attempt: o.attempt,
         workDir: o.workDir ?? runWorkDir(defaultWorkRoot(), session, run),
         trainer: trainer.command,
+        ...(trainer.train ? { trainCommand: trainer.train } : {}),
         env: trainer.env,
         logger,
         check: o.check,

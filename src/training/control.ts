@@ -8,8 +8,8 @@
 import { BoothError } from '../errors.js';
 import type { ObjectStore } from '../storage/types.js';
 import type { SessionStore } from '../sessions/store.js';
-import type { Launcher } from './launchers/types.js';
-import { RunStore, effectiveState, newRunId, type EffectiveState, type Launch, type RunRecord, type RunStatus } from './runs.js';
+import type { LaunchProbe, Launcher } from './launchers/types.js';
+import { RunStore, effectiveState, needsProbe, newRunId, type EffectiveState, type Launch, type RunRecord, type RunStatus } from './runs.js';
 import { extendSpec, parseJobSpec, presetSpec, totalSteps, type JobSpec, type PresetName } from './spec.js';
 import { estimateVramGb, type VramEstimate } from './requirements.js';
 
@@ -104,14 +104,34 @@ export interface RunInfo {
   spec: JobSpec;
   /** The state to show: the worker's report corrected by what can be observed (`lost`, `launched`). */
   state: EffectiveState;
+  /** What the scheduler said about the last launch, when it was asked (Slurm runs not yet final). */
+  scheduler?: LaunchProbe;
 }
 
-/** Reads a run's record, spec and status. @throws BoothError `NOT_FOUND` when the session has no such run. */
-export async function runInfo(store: ObjectStore, session: string, run?: string): Promise<RunInfo> {
+/** Asks the launcher that made a launch about it (see `launchers/index.ts` for the CLI's). */
+export type ProbeLaunch = (launch: Launch) => Promise<LaunchProbe>;
+
+/** How run operations reconcile the store with the scheduler. */
+export interface ReconcileOptions {
+  /**
+   * Asks the scheduler about a run's last launch. Without it, scheduler launches are shown as the
+   * worker last reported them. Only called when the worker's report is not final ({@link needsProbe}).
+   */
+  probe?: ProbeLaunch;
+}
+
+/**
+ * Reads a run's record, spec and status, and reconciles them with the scheduler: this is how a
+ * restarted control plane finds runs in flight again (the store holds every launch's handle).
+ * @throws BoothError `NOT_FOUND` when the session has no such run
+ */
+export async function runInfo(store: ObjectStore, session: string, run?: string, options: ReconcileOptions = {}): Promise<RunInfo> {
   const runs = new RunStore(store);
   const id = await runs.resolve(session, run);
   const [record, spec, status] = await Promise.all([runs.record(session, id), runs.spec(session, id), runs.status(session, id)]);
-  return { record, spec, status, state: effectiveState(record, status) };
+  const last = record.launches.at(-1);
+  const scheduler = options.probe && last && needsProbe(record, status) ? await options.probe(last) : undefined;
+  return { record, spec, status, state: effectiveState(record, status, undefined, scheduler), ...(scheduler ? { scheduler } : {}) };
 }
 
 /** Result of a launch-like operation. */
@@ -123,9 +143,11 @@ export interface LaunchResult {
   estimate: VramEstimate;
 }
 
-async function launchAttempt(store: ObjectStore, launcher: Launcher, record: RunRecord, spec: JobSpec, reason: Launch['reason']): Promise<LaunchResult> {
+async function launchAttempt(store: ObjectStore, launcher: Launcher, record: RunRecord, spec: JobSpec, reason: Launch['reason'], status: RunStatus | null = null): Promise<LaunchResult> {
   const runs = new RunStore(store);
-  const attempt = (record.launches.at(-1)?.attempt ?? 0) + 1;
+  // A scheduler may have run more attempts than were launched (Slurm requeues: launch attempt +
+  // restart count); they are only in the worker's status, and their logs must not be overwritten.
+  const attempt = Math.max(record.launches.at(-1)?.attempt ?? 0, status?.attempt ?? 0) + 1;
   const handle = await launcher.launch({ session: record.session, run: record.run, attempt, storeUrl: store.url });
   record.launches.push({ attempt, at: new Date().toISOString(), launcher: launcher.name, handle, reason });
   await runs.saveRecord(record);
@@ -162,13 +184,14 @@ function refuse(info: RunInfo, verb: string): never {
  * its resume state.
  * @throws BoothError `CONFLICT` when the run is not active
  */
-export async function stopRun(store: ObjectStore, launcher: Launcher, session: string, run?: string): Promise<RunInfo> {
-  const info = await runInfo(store, session, run);
+export async function stopRun(store: ObjectStore, launcher: Launcher | ((name: Launch['launcher']) => Launcher), session: string, run?: string, options: ReconcileOptions = {}): Promise<RunInfo> {
+  const info = await runInfo(store, session, run, options);
   if (!['launched', 'starting', 'running', 'stopping'].includes(info.state)) refuse(info, 'stop');
   const last = info.record.launches.at(-1);
   info.record.stopRequestedAt = new Date().toISOString();
   await new RunStore(store).saveRecord(info.record);
-  if (last) await launcher.stop(last.handle);
+  // The attempt is stopped by the launcher that started it, whatever this command was given.
+  if (last) await (typeof launcher === 'function' ? launcher(last.launcher) : launcher).stop(last.handle);
   return info;
 }
 
@@ -177,11 +200,11 @@ export async function stopRun(store: ObjectStore, launcher: Launcher, session: s
  * newest complete resume state.
  * @throws BoothError `CONFLICT` when the run is active or done
  */
-export async function resumeRun(store: ObjectStore, launcher: Launcher, session: string, run?: string): Promise<LaunchResult> {
-  const info = await runInfo(store, session, run);
+export async function resumeRun(store: ObjectStore, launcher: Launcher, session: string, run?: string, options: ReconcileOptions = {}): Promise<LaunchResult> {
+  const info = await runInfo(store, session, run, options);
   if (!RESUMABLE.has(info.state)) refuse(info, 'resume');
   info.record.stopRequestedAt = null;
-  return launchAttempt(store, launcher, info.record, info.spec, 'resume');
+  return launchAttempt(store, launcher, info.record, info.spec, 'resume', info.status);
 }
 
 /**
@@ -189,13 +212,13 @@ export async function resumeRun(store: ObjectStore, launcher: Launcher, session:
  * state (the final one when it had finished).
  * @throws BoothError `CONFLICT` when the run is active; `INVALID_ARGUMENT` when `steps` is not above the current total
  */
-export async function extendRun(store: ObjectStore, launcher: Launcher, session: string, run: string | undefined, steps: number): Promise<LaunchResult> {
-  const info = await runInfo(store, session, run);
+export async function extendRun(store: ObjectStore, launcher: Launcher, session: string, run: string | undefined, steps: number, options: ReconcileOptions = {}): Promise<LaunchResult> {
+  const info = await runInfo(store, session, run, options);
   if (!RESUMABLE.has(info.state) && info.state !== 'done') refuse(info, 'extend');
   const from = totalSteps(info.spec);
   const spec = extendSpec(info.spec, steps);
   await new RunStore(store).saveSpec(spec);
   info.record.extensions.push({ at: new Date().toISOString(), from, to: steps });
   info.record.stopRequestedAt = null;
-  return launchAttempt(store, launcher, info.record, spec, 'extend');
+  return launchAttempt(store, launcher, info.record, spec, 'extend', info.status);
 }

@@ -15,6 +15,7 @@ import type { ObjectStore } from '../storage/types.js';
 import { exists, listAll, putJson, readJson } from '../storage/index.js';
 import { sessionKeys } from '../sessions/store.js';
 import { parseJobSpec, type JobSpec } from './spec.js';
+import type { LaunchProbe } from './launchers/types.js';
 
 /** Run ids: `YYYYMMDD-HHMMSS-xxxx` (UTC), so they sort by launch time and stay valid keys. */
 export const RUN_ID_PATTERN = /^\d{8}-\d{6}-[0-9a-f]{4}$/;
@@ -60,7 +61,7 @@ const launchSchema = z.object({
   attempt: z.number().int().positive(),
   at: z.string(),
   launcher: z.enum(['local', 'slurm']),
-  /** Launcher-specific handle: local `{pid, host, logFile}`, Slurm `{jobId}`. */
+  /** Launcher-specific handle: local `{pid, host, logFile}`, Slurm `{jobId, output, script, submitHost}`. */
   handle: z.record(z.string(), z.union([z.string(), z.number()])),
   /** Why this attempt was started. */
   reason: z.enum(['train', 'resume', 'extend']),
@@ -251,14 +252,50 @@ export type EffectiveState = RunState | 'launched' | 'lost';
  * writing it (SIGKILL, machine crash): a local run whose status says active but whose worker
  * process is gone is `lost` (resumable from its last complete state). A launch with no status yet
  * is `launched`.
+ *
+ * For a scheduler launch (Slurm) the caller passes what the scheduler says about the last launch's
+ * job (`probe`, from {@link LaunchProbe}); the worker's `status.json` is never rewritten, the state
+ * is derived:
+ * - no status for the launch yet: `launched` while the job is pending or starting; once the job is
+ *   gone, `stopped` when a stop was requested, else `lost` (it died before the worker reported);
+ * - status active but the job gone: `lost` (killed without a final report, e.g. node failure or the
+ *   time limit passing before the save); active but the job pending again: `launched` (Slurm
+ *   requeued it after a failure);
+ * - status `preempted` while the job is still queued or running: `launched` (the job requeued
+ *   itself and will resume on its own), or `stopped` when `booth stop` cancelled the requeued job.
+ * Without a probe (`undefined`/`unknown`) the worker's report stands.
+ * @param probe - the scheduler's view of the last launch; ignored for local launches
  */
-export function effectiveState(record: RunRecord, status: RunStatus | null, host = hostname()): EffectiveState {
+export function effectiveState(record: RunRecord, status: RunStatus | null, host = hostname(), probe?: LaunchProbe | null): EffectiveState {
   const last = record.launches.at(-1);
+  const sched = last && last.launcher !== 'local' && probe && probe.state !== 'unknown' ? probe.state : null;
   if (!status || (last && status.attempt < last.attempt)) {
     if (!last) return 'stopped';
     if (last.launcher === 'local' && last.handle.host === host && typeof last.handle.pid === 'number' && !processAlive(last.handle.pid)) return 'lost';
+    if (sched === 'gone') return record.stopRequestedAt ? 'stopped' : 'lost';
     return 'launched';
+  }
+  if (sched) {
+    if (ACTIVE_STATES.has(status.state)) {
+      if (sched === 'gone') return 'lost';
+      if (sched === 'pending') return 'launched';
+    }
+    if (status.state === 'preempted') {
+      if (sched !== 'gone') return record.stopRequestedAt ? 'stopping' : 'launched';
+      if (record.stopRequestedAt) return 'stopped';
+    }
   }
   if (ACTIVE_STATES.has(status.state) && last?.launcher === 'local' && status.worker.host === host && !processAlive(status.worker.pid)) return 'lost';
   return status.state;
+}
+
+/**
+ * Whether the scheduler must be asked to tell a run's state: a scheduler launch whose worker has
+ * not reported a final state, or whose last report was `preempted` (the job may have requeued).
+ */
+export function needsProbe(record: RunRecord, status: RunStatus | null): boolean {
+  const last = record.launches.at(-1);
+  if (!last || last.launcher === 'local') return false;
+  if (!status || status.attempt < last.attempt) return true;
+  return ACTIVE_STATES.has(status.state) || status.state === 'preempted';
 }

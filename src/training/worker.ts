@@ -37,6 +37,12 @@ export interface WorkerOptions {
   workDir: string;
   /** Command that starts the trainer, e.g. `['python3', '-m', 'booth_trainer']` (see `trainer-command.ts`). */
   trainer: string[];
+  /**
+   * Command for `train` when it differs from `trainer`: multi-GPU runs go through
+   * `accelerate launch` (see `trainer-command.ts`). Stop signals are then sent as SIGTERM, the
+   * signal Accelerate's launcher passes on to every process.
+   */
+  trainCommand?: string[];
   /** Environment for the trainer (default `process.env`). */
   env?: Record<string, string | undefined>;
   logger: Logger;
@@ -86,7 +92,7 @@ export function startWorker(options: WorkerOptions): WorkerHandle {
 class Worker {
   private readonly runs: RunStore;
   private readonly keys: ReturnType<typeof runKeys>;
-  private readonly o: Required<Omit<WorkerOptions, 'env'>> & { env: Record<string, string | undefined> };
+  private readonly o: Required<Omit<WorkerOptions, 'env' | 'trainCommand'>> & { env: Record<string, string | undefined>; trainCommand?: string[] };
   private status!: RunStatus;
   private spec!: JobSpec;
   private child: ResultPromise | null = null;
@@ -103,6 +109,7 @@ class Worker {
   private readonly stderrTail: string[] = [];
   private lastError: { message: string; kind: string } | null = null;
   private sawDone = false;
+  private sawPreempted = false;
   private uploadFailure: string | null = null;
 
   constructor(options: WorkerOptions) {
@@ -134,7 +141,7 @@ class Worker {
   private signalTrainer(): void {
     const child = this.child;
     if (!child || !this.stopSignal) return;
-    child.kill(this.stopSignal === 'SIGUSR1' ? 'SIGUSR1' : 'SIGTERM');
+    child.kill(this.stopSignal === 'SIGUSR1' && !this.o.trainCommand ? 'SIGUSR1' : 'SIGTERM');
     this.killTimer = setTimeout(() => {
       this.o.logger.warn({ graceMs: this.o.graceMs }, 'the trainer did not stop within the grace period; killing it');
       child.kill('SIGKILL');
@@ -250,7 +257,8 @@ class Worker {
     if (this.stopSignal) return this.stoppedBeforeTraining(from);
 
     this.say(from === null ? 'starting the trainer' : `resuming the trainer from step ${from}`);
-    const child = execa(this.o.trainer[0]!, [...this.o.trainer.slice(1), 'train', '--spec', specPath, '--work', work, '--resume', 'auto'], {
+    const train = this.o.trainCommand ?? this.o.trainer;
+    const child = execa(train[0]!, [...train.slice(1), 'train', '--spec', specPath, '--work', work, '--resume', 'auto'], {
       cwd: work,
       env: this.o.env,
       reject: false,
@@ -330,9 +338,11 @@ class Worker {
     if (code === 0 && this.sawDone && this.status.model) {
       return { state: 'done', exitCode: 0, step, message: `finished ${step} steps; the model is in ${this.status.model.key}` };
     }
-    if (code === EXIT_PREEMPTED || (this.stopSignal && signal === 'SIGKILL')) {
+    // A launcher in between (accelerate) may not pass exit 75 on; the `preempted` event after a
+    // stop signal says the same.
+    if (code === EXIT_PREEMPTED || (this.stopSignal && (signal === 'SIGKILL' || this.sawPreempted))) {
       const state = await this.stoppedState();
-      const how = code === EXIT_PREEMPTED ? 'saved its state' : `did not save within ${this.o.graceMs / 1000} s and was killed`;
+      const how = code === EXIT_PREEMPTED || this.sawPreempted ? 'saved its state' : `did not save within ${this.o.graceMs / 1000} s and was killed`;
       return { state, exitCode: state === 'stopped' ? EXIT_STOPPED : EXIT_PREEMPTED, step, message: `${state} at step ${step}: the trainer ${how}; ${resumeHint}` };
     }
     const message =
@@ -410,6 +420,7 @@ class Worker {
         this.sawDone = true;
         break;
       case 'preempted':
+        this.sawPreempted = true;
         s.message = `the trainer saved step ${e.step} on ${e.signal}`;
         break;
       case 'error':
