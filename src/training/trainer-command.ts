@@ -64,7 +64,9 @@ function parseCommandLine(name: string, custom: string): string[] {
  */
 export function resolveTrainerCommand(env: Record<string, string | undefined> = process.env, options: TrainerCommandOptions = {}): TrainerCommand {
   const pythonPath = [TRAINER_DIR, env.PYTHONPATH].filter((p): p is string => Boolean(p)).join(path.delimiter);
-  const outEnv = { ...env, PYTHONPATH: pythonPath, PYTHONUNBUFFERED: '1' };
+  // Hugging Face progress bars (loading, saving) are carriage-return animations: noise in a log
+  // that is read line by line. A user's own setting wins.
+  const outEnv = { HF_HUB_DISABLE_PROGRESS_BARS: '1', ...env, PYTHONPATH: pythonPath, PYTHONUNBUFFERED: '1' };
   const processes = options.processes ?? (env.BOOTH_TRAINER_PROCESSES?.trim() ? Number(env.BOOTH_TRAINER_PROCESSES) : 1);
   if (!Number.isInteger(processes) || processes < 1) {
     throw new BoothError('INVALID_ARGUMENT', `trainer processes must be a positive whole number (BOOTH_TRAINER_PROCESSES or --processes), got ${String(env.BOOTH_TRAINER_PROCESSES ?? processes)}`);
