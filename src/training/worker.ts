@@ -260,7 +260,9 @@ class Worker {
     const train = this.o.trainCommand ?? this.o.trainer;
     const child = execa(train[0]!, [...train.slice(1), 'train', '--spec', specPath, '--work', work, '--resume', 'auto'], {
       cwd: work,
-      env: this.o.env,
+      // accelerate's launcher (torch elastic) SIGKILLs its ranks 30 s after forwarding a SIGTERM
+      // unless told otherwise; a full fine-tune's state can take longer to write than that.
+      env: { TORCH_ELASTIC_SHUTDOWN_TIMEOUT: String(Math.ceil(this.o.graceMs / 1000)), ...this.o.env },
       reject: false,
       buffer: false,
       stdin: 'ignore',
@@ -338,9 +340,9 @@ class Worker {
     if (code === 0 && this.sawDone && this.status.model) {
       return { state: 'done', exitCode: 0, step, message: `finished ${step} steps; the model is in ${this.status.model.key}` };
     }
-    // A launcher in between (accelerate) may not pass exit 75 on; the `preempted` event after a
-    // stop signal says the same.
-    if (code === EXIT_PREEMPTED || (this.stopSignal && (signal === 'SIGKILL' || this.sawPreempted))) {
+    // A launcher in between (accelerate) exits 1 whatever its ranks returned, so the `preempted`
+    // event (a complete state saved on a signal) is what counts, whoever sent the signal.
+    if (code === EXIT_PREEMPTED || this.sawPreempted || (this.stopSignal && signal === 'SIGKILL')) {
       const state = await this.stoppedState();
       const how = code === EXIT_PREEMPTED || this.sawPreempted ? 'saved its state' : `did not save within ${this.o.graceMs / 1000} s and was killed`;
       return { state, exitCode: state === 'stopped' ? EXIT_STOPPED : EXIT_PREEMPTED, step, message: `${state} at step ${step}: the trainer ${how}; ${resumeHint}` };

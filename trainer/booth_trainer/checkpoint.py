@@ -19,17 +19,25 @@ import torch
 from .state import STATE_FORMAT, begin_state, finalize_state, write_json_atomic
 
 
-def capture_rng() -> Dict[str, Any]:
-    """The generator states of Python, NumPy, torch CPU and every CUDA device."""
+def capture_rng(cuda_device: Optional[int] = None) -> Dict[str, Any]:
+    """The generator states of Python, NumPy, torch CPU and every CUDA device.
+
+    :param cuda_device: with several processes, only this rank's GPU (touching the others
+        would create a CUDA context on every GPU in every rank).
+    """
     import numpy as np
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
+    out = {
         "python": random.getstate(),
         "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+    if cuda_device is not None:
+        out["cuda"] = [torch.cuda.get_rng_state(cuda_device)] if torch.cuda.is_available() else []
+        out["cuda_device"] = cuda_device
+    return out
 
 
 def restore_rng(data: Dict[str, Any]) -> None:
@@ -42,6 +50,11 @@ def restore_rng(data: Dict[str, Any]) -> None:
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(data["torch"])
     cuda = data.get("cuda") or []
+    if "cuda_device" in data:
+        # A rank's own GPU stream (multi-process): restored onto this rank's current device.
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda[0], torch.cuda.current_device())
+        return
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
 
@@ -101,15 +114,38 @@ def save_resume_state(
     :param modules: components trained so far, by component name.
     :returns: ``(folder, bytes)``.
     """
+    folder = begin_state(work, step)
+    write_shared_files(folder, meta, modules, lora, optimizer, scheduler, scaler)
+    return folder, finalize_state(folder, step)
+
+
+def write_shared_files(
+    folder: str,
+    meta: Dict[str, Any],
+    modules: Dict[str, torch.nn.Module],
+    lora: bool,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Optional[Any],
+    cuda_device: Optional[int] = None,
+) -> None:
+    """Writes every file of a state but ``COMPLETE`` and the other ranks' RNG files: weights,
+    optimizer, scheduler, this process's RNG as ``rng.pt`` and ``state.json`` (rank 0's part).
+
+    :param cuda_device: passed to :func:`capture_rng` (multi-process runs).
+    """
     from safetensors.torch import save_file
 
-    folder = begin_state(work, step)
     save_file(trainable_tensors(modules, lora), os.path.join(folder, "trainable.safetensors"), metadata={"format": "pt"})
     torch.save({"optimizer": optimizer.state_dict(), "grad_scaler": scaler.state_dict() if scaler is not None else None}, os.path.join(folder, "optimizer.pt"))
     torch.save(scheduler.state_dict(), os.path.join(folder, "scheduler.pt"))
-    torch.save(capture_rng(), os.path.join(folder, "rng.pt"))
+    torch.save(capture_rng(cuda_device), os.path.join(folder, "rng.pt"))
     write_json_atomic(os.path.join(folder, "state.json"), dict(meta, format=STATE_FORMAT))
-    return folder, finalize_state(folder, step)
+
+
+def write_rank_rng(folder: str, name: str, cuda_device: Optional[int] = None) -> None:
+    """Writes this rank's RNG states as ``name`` (``rng-<rank>.pt``) in a state folder being saved."""
+    torch.save(capture_rng(cuda_device), os.path.join(folder, name))
 
 
 def load_torch_file(folder: str, name: str) -> Any:

@@ -57,7 +57,11 @@ def export_full(work: str, spec: Dict[str, Any], comps: Components, trained: Dic
     :returns: bytes written.
     """
     from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    # Loading a pipeline draws a carriage-return progress bar on stderr, which the worker's
+    # line-based log would keep as a dozen fragments.
+    diffusers_logging.disable_progress_bar()
     base = spec["base"]
     kwargs: Dict[str, Any] = dict(trained)
     if base.get("vae"):

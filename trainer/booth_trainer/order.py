@@ -51,6 +51,19 @@ def permutation(n: int, seed: int, epoch: int, stream: int = 0) -> List[int]:
     return out
 
 
+def shard(indices: List[int], rank: int, world: int) -> List[int]:
+    """Rank ``rank``'s contiguous share of a global batch whose length is a multiple of ``world``.
+
+    :raises ValueError: when the rank is outside the world or the batch does not split evenly.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside a world of {world}")
+    if len(indices) % world:
+        raise ValueError(f"a batch of {len(indices)} does not split over {world} ranks")
+    per = len(indices) // world
+    return indices[rank * per : (rank + 1) * per]
+
+
 class DataOrder:
     """An endless stream of dataset indices, resumable from ``(epoch, position)``.
 
@@ -85,6 +98,15 @@ class DataOrder:
             out.extend(self._perm[self.position : self.position + k])
             self.position += k
         return out
+
+    def take_shard(self, count: int, rank: int = 0, world: int = 1) -> List[int]:
+        """Rank ``rank``'s ``count`` indices of the next global batch of ``count * world``.
+
+        Every rank keeps the same cursor (all advance by ``count * world``), so the cursor saved
+        by rank 0 is valid for every rank and for any other number of ranks; with ``world`` 1
+        this is :meth:`take`.
+        """
+        return shard(self.take(count * world), rank, world)
 
     def cursor(self) -> Tuple[int, int]:
         """``(epoch, position)`` of the next index, as a resume state stores it."""

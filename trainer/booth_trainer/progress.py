@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -41,6 +42,9 @@ class Emitter:
     """
 
     def __init__(self, stream: Optional[TextIO] = None, clock=utc_now) -> None:
+        # With several trainer processes only rank 0 speaks the protocol; the others' events
+        # (same calls, same code path) are dropped so each event appears once on stdout.
+        self.enabled = stream is not None or _env_rank() == 0
         self.stream = stream if stream is not None else sys.stdout
         self.clock = clock
         self._lock = threading.Lock()
@@ -54,6 +58,8 @@ class Emitter:
         """
         obj = {"event": event, "time": self.clock()}
         obj.update(_clean(fields))
+        if not self.enabled:
+            return obj
         line = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         with self._lock:
             self.stream.write(line + "\n")
@@ -61,9 +67,20 @@ class Emitter:
         return obj
 
 
+def _env_rank() -> int:
+    """``RANK`` of a multi-process launch (0 when absent or malformed)."""
+    try:
+        return int((os.environ.get("RANK") or "0").strip() or 0)
+    except ValueError:
+        return 0
+
+
 def log(message: str) -> None:
-    """A human-readable line on stderr (never stdout, which carries only events)."""
-    print(message, file=sys.stderr, flush=True)
+    """A human-readable line on stderr (never stdout, which carries only events); prefixed
+    with ``[rank R]`` when several trainer processes share stderr."""
+    from .distributed import log_prefix
+
+    print(log_prefix() + message, file=sys.stderr, flush=True)
 
 
 class Throughput:

@@ -17,6 +17,11 @@ One :class:`Trainer` run goes through these phases (docs/trainer.md has the why 
 
 The only signal-handling work here is polling :attr:`.signals.StopSignals.requested` after each
 optimizer step; the phases before training raise :class:`~.errors.Preempted` from the handler.
+
+With ``WORLD_SIZE`` > 1 (``accelerate launch``/torchrun) every process runs this same loop on its
+own GPU (:mod:`.distributed`): each rank takes its slice of the same global batch, gradients are
+averaged by an all-reduce before the optimizer step, the stop flag and the loss are agreed once
+per step, and only rank 0 prints events and writes outputs (docs/trainer.md, "Several GPUs").
 """
 
 from __future__ import annotations
@@ -52,11 +57,12 @@ from .models import (
     sdxl_time_ids,
     token_ids,
 )
+from .distributed import Collective, World, rank_seed, reseed_after_world_change, rng_file, stop_with_launcher, world_from_env
 from .order import DataOrder
 from .progress import Emitter, Throughput, log
 from .signals import StopSignals
 from .spec import Spec, Stage, changed_fields, fingerprint, stages_of, total_steps, training_fields
-from .state import Candidate, load_candidate, relative_state_path, select_latest
+from .state import Candidate, load_candidate, read_state_json, relative_state_path, select_latest, state_path
 
 
 @dataclass
@@ -92,6 +98,9 @@ class Trainer:
         self.stages: List[Stage] = stages_of(spec)
         self.total = total_steps(spec)
         self._last_saved: Optional[Tuple[int, str]] = None
+        self.world = World()
+        #: The process group's operations; None in a single-process run (every use is guarded).
+        self.dist: Optional[Collective] = None
 
     # ----------------------------------------------------------------- setup
 
@@ -103,6 +112,15 @@ class Trainer:
             raise TrainerError("environment", "--device cuda was asked for but torch sees no CUDA GPU (check the driver and that torch was installed with CUDA)")
         if want == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise TrainerError("environment", "--device mps was asked for but MPS is not available")
+        if self.world.distributed:
+            if want == "mps":
+                raise TrainerError("environment", "several trainer processes need CUDA GPUs (or the CPU for tests), not MPS")
+            if want == "cuda":
+                count = torch.cuda.device_count()
+                if self.world.local_rank >= count:
+                    raise TrainerError("environment", f"process {self.world.rank} has LOCAL_RANK {self.world.local_rank} but this host has {count} GPU(s); launch at most {count} processes")
+                torch.cuda.set_device(self.world.local_rank)
+                return torch.device("cuda", self.world.local_rank)
         return torch.device(want)
 
     def _pick_precision(self) -> None:
@@ -148,21 +166,49 @@ class Trainer:
             raise TrainerError("spec", f"the resume state is at step {cand.step} but the spec has only {self.total} steps; a run can be extended, not shortened")
         return cand
 
+    def _find_resume_shared(self) -> Optional[Candidate]:
+        """:meth:`_find_resume` on rank 0 (verifying a state hashes every file: once is enough),
+        its choice or error broadcast to the other ranks, which read only ``state.json``."""
+        if self.dist is None:
+            return self._find_resume()
+        cand: Optional[Candidate] = None
+        payload: Any = None
+        if self.world.is_main:
+            try:
+                cand = self._find_resume()
+                payload = ("ok", cand.step if cand else None)
+            except TrainerError as e:
+                payload = ("error", e.kind, e.message)
+        payload = self.dist.broadcast_object(payload)
+        if payload[0] == "error":
+            raise TrainerError(payload[1], payload[2])
+        if self.world.is_main or payload[1] is None:
+            return cand
+        folder = state_path(self.work, int(payload[1]))
+        return Candidate(step=int(payload[1]), path=folder, data=read_state_json(folder))
+
     # ------------------------------------------------------------------ run
 
     def run(self) -> int:
         """Trains to the end (exit 0) or until a stop signal (exit 75 after saving)."""
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if world > 1:
-            # Several processes would each train the whole run and write the same files.
-            raise TrainerError(
-                "environment",
-                f"the trainer was launched as {world} processes (WORLD_SIZE={world}) but trains on one GPU per run; "
-                "launch one process (BOOTH_TRAINER_PROCESSES=1)",
-            )
+        self.world = world_from_env()
+        if self.world.distributed:
+            # A launcher killed by SIGUSR1/SIGKILL must not leave the ranks training as orphans.
+            stop_with_launcher()
         self.device = self._pick_device()
+        if self.world.distributed:
+            self.dist = Collective(self.world, self.device)
+            self.dist.init()
+            log(f"process {self.world.rank} of {self.world.size} ({self.dist.backend}); global batch = batchSize x gradientAccumulation x {self.world.size}")
+        code = self._run()
+        if self.dist is not None:
+            # Only after a normal end (0 or 75): on an error the launcher tears the group down.
+            self.dist.close()
+        return code
+
+    def _run(self) -> int:
         self._pick_precision()
-        cand = self._find_resume()
+        cand = self._find_resume_shared()
         self.start_step = cand.step if cand else 0
         self.step = self.start_step
         log(f"device {self.device}, precision {self.precision}; " + (f"resuming from {relative_state_path(cand.step)}" if cand else "starting at step 0"))
@@ -289,6 +335,11 @@ class Trainer:
         if not names:
             return
         done = total - len(names)
+        if self.dist is not None:
+            # Every rank listed the same missing names before any rank writes one; each renders
+            # its share (same seeds per name as a single process, so the same images).
+            self.dist.barrier()
+            names = names[self.world.rank :: self.world.size]
         log(f"generating {len(names)} class images for {prior['classPrompt']!r} into {rel}/")
         self.emitter.emit("class_images", done=done, total=total, dir=rel)
         pipe = build_pipeline(self.comps)
@@ -302,8 +353,15 @@ class Trainer:
                 with self.signals.deferred():
                     for name, image in zip(chunk, images):
                         save_png(image, os.path.join(folder, name))
-                done += len(chunk)
+                if self.dist is not None:
+                    # Rank 0 reports what all ranks have written so far (files appear atomically).
+                    done = total - len(missing_class_names(folder, total))
+                else:
+                    done += len(chunk)
                 self.emitter.emit("class_images", done=done, total=total, dir=rel)
+        if self.dist is not None:
+            self.dist.barrier()
+            self.emitter.emit("class_images", done=total - len(missing_class_names(folder, total)), total=total, dir=rel)
 
     def _cache_key(self, items: List[Item]) -> str:
         h = hashlib.sha256()
@@ -346,7 +404,7 @@ class Trainer:
                 self.signals.check_early()
         if not out:
             raise TrainerError("data", f"none of the {len(items)} {kind} images could be decoded")
-        if path:
+        if path and self.world.is_main:  # every rank encodes; one writes the shared cache file
             os.makedirs(os.path.dirname(path), exist_ok=True)
             tmp = path + ".tmp"
             torch.save(
@@ -455,9 +513,10 @@ class Trainer:
     def _micro_batch(self, stage: Stage, embeds: Optional[Dict[str, Any]]) -> torch.Tensor:
         """Forward pass of one micro-batch; returns the loss (prior term included)."""
         bs = int(self.spec["batchSize"])
-        batch = [self.instances[i] for i in self.inst_order.take(bs)]
+        r, w = self.world.rank, self.world.size
+        batch = [self.instances[i] for i in self.inst_order.take_shard(bs, r, w)]
         if self.prior:
-            batch += [self.classes[i] for i in self.class_order.take(bs)]
+            batch += [self.classes[i] for i in self.class_order.take_shard(bs, r, w)]
         comps = self.comps
         latents = self._latents(batch)
         captions = [e.item.caption for e in batch]
@@ -497,6 +556,10 @@ class Trainer:
             scaled = loss / accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += float(loss.detach())
+        if self.dist is not None:
+            # Mean of the ranks' (still loss-scaled) gradients: every rank then unscales, clips
+            # and steps on identical gradients, so the weights stay identical without a broadcast.
+            self.dist.average_gradients(params)
         max_norm = float(self.spec["optimizer"]["maxGradNorm"])
         if self.scaler:
             self.scaler.unscale_(optimizer)
@@ -513,7 +576,7 @@ class Trainer:
     # ---------------------------------------------------------------- train
 
     def _train(self, cand: Optional[Candidate]) -> int:
-        from .checkpoint import load_torch_file, restore_rng
+        from .checkpoint import load_torch_file
 
         seed = int(self.spec["seed"])
         inst_epoch, inst_pos, cls_epoch, cls_pos = 0, 0, 0, 0
@@ -532,6 +595,10 @@ class Trainer:
             self._last_saved = (cand.step, relative_state_path(cand.step))
         self.signals.start_training()
         rng_pending = cand is not None
+        if cand is None and self.dist is not None:
+            # Same initial weights on every rank (seeded above), then one random stream per rank
+            # (noise, timesteps, latent draws differ between the ranks' samples).
+            self._seed_all(rank_seed(seed, self.world.rank))
         if self.step >= self.total:
             log("no steps left to train; writing the model")
         for si, stage in enumerate(self.stages):
@@ -559,14 +626,39 @@ class Trainer:
             elif stage_step > 0:
                 raise TrainerError("data", f"cannot resume inside stage {stage.name} at step {self.step} without its optimizer state")
             embeds = self._precompute_embeddings() if stage.text_encoder_lr == 0 else None
+            if self.dist is not None:
+                self.dist.broadcast_parameters(params)
             if rng_pending:
-                restore_rng(load_torch_file(cand.path, "rng.pt"))
+                self._restore_rng(cand)
                 rng_pending = False
             self.throughput.restart()
             result = self._run_stage(si, stage, optimizer, scheduler, params, embeds)
             if result is not None:
                 return result
         return self._finish(cand)
+
+    @staticmethod
+    def _seed_all(value: int) -> None:
+        import numpy as np
+
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        torch.manual_seed(value)
+
+    def _restore_rng(self, cand: Candidate) -> None:
+        """This rank's saved RNG streams; new deterministic streams when the state was saved by
+        another number of processes (docs/trainer.md, "Several GPUs")."""
+        from .checkpoint import load_torch_file, restore_rng
+
+        saved_world = int(cand.data.get("world_size", 1))
+        if saved_world == self.world.size:
+            name = rng_file(self.world.rank)
+            if not os.path.isfile(os.path.join(cand.path, name)):
+                raise TrainerError("data", f"{relative_state_path(cand.step)} has no {name} for process {self.world.rank} although it was saved by {saved_world} processes")
+            restore_rng(load_torch_file(cand.path, name))
+            return
+        log(f"warning: {relative_state_path(cand.step)} was saved by {saved_world} process(es), this run has {self.world.size}: the data order continues at the same position, the random streams are reseeded (reproducible, but not the run an unchanged world would have given)")
+        self._seed_all(reseed_after_world_change(int(self.spec["seed"]), cand.step, self.world.rank, self.world.size))
 
     def _meta(self, stage: Stage) -> Dict[str, Any]:
         ie, ip = self.inst_order.cursor()
@@ -587,25 +679,62 @@ class Trainer:
             "total_steps": self.total,
             "mode": self.spec["mode"]["type"],
             "architecture": self.comps.arch,
+            # Only multi-process states say so: single-process states stay byte-for-byte as before.
+            **({"world_size": self.world.size} if self.world.distributed else {}),
         }
 
     def _save(self, si: int, stage: Stage, optimizer: Any, scheduler: Any, reason: str) -> str:
         from .checkpoint import save_resume_state
 
         with self.signals.saving():
-            _folder, nbytes = save_resume_state(self.work, self.step, self._meta(stage), self._saved_modules(si), self.lora, optimizer, scheduler, self.scaler)
+            if self.dist is None:
+                _folder, nbytes = save_resume_state(self.work, self.step, self._meta(stage), self._saved_modules(si), self.lora, optimizer, scheduler, self.scaler)
+            else:
+                nbytes = self._save_distributed(si, stage, optimizer, scheduler)
         rel = relative_state_path(self.step)
         self._last_saved = (self.step, rel)
         self.emitter.emit("resume_state", step=self.step, path=rel, reason=reason, bytes=nbytes)
         self.throughput.restart()
         return rel
 
+    def _save_distributed(self, si: int, stage: Stage, optimizer: Any, scheduler: Any) -> int:
+        """Every rank's part of a state: rank 0 empties the folder, then writes the shared files
+        and its ``rng.pt`` while each other rank writes ``rng-<rank>.pt``; after a barrier rank 0
+        writes ``COMPLETE`` (listing all of them) last, and a final barrier keeps every rank here
+        until the state is complete. Returns the state's bytes (0 on other ranks)."""
+        from .checkpoint import write_rank_rng, write_shared_files
+        from .state import begin_state, finalize_state
+
+        assert self.dist is not None
+        cuda_index = self.device.index if self.device.type == "cuda" else None
+        folder = state_path(self.work, self.step)
+        if self.world.is_main:
+            begin_state(self.work, self.step)
+        self.dist.barrier()
+        if self.world.is_main:
+            write_shared_files(folder, self._meta(stage), self._saved_modules(si), self.lora, optimizer, scheduler, self.scaler, cuda_index)
+        else:
+            write_rank_rng(folder, rng_file(self.world.rank), cuda_index)
+        self.dist.barrier()
+        nbytes = finalize_state(folder, self.step) if self.world.is_main else 0
+        self.dist.barrier()
+        return nbytes
+
+    def _agreed_stop(self) -> Optional[str]:
+        """The stop signal every rank acts on now (a collective with several processes)."""
+        if self.dist is None:
+            return self.signals.requested
+        agreed = self.dist.agree_stop(self.signals.requested)
+        if agreed is not None and self.signals.requested is None:
+            self.signals.requested = agreed
+        return agreed
+
     def _run_stage(self, si: int, stage: Stage, optimizer: Any, scheduler: Any, params: List[torch.nn.Parameter], embeds: Optional[Dict[str, Any]]) -> Optional[int]:
         every = int(self.spec["resumeState"]["every"])
         sample_every = int(self.spec["samples"]["every"])
         last_stage = si == len(self.stages) - 1
         while self.step < stage.end:
-            if self.signals.requested:
+            if self._agreed_stop():
                 # A signal during samples or a stage switch: the last finished step is saved.
                 return self._preempt(si, stage, optimizer, scheduler)
             lr = optimizer.param_groups[0]["lr"]
@@ -619,6 +748,13 @@ class Trainer:
                 ) from e
             scheduler.step()
             self.step += 1
+            stop = self.signals.requested
+            if self.dist is not None:
+                # One collective per step: the mean loss over ranks for the event, and the stop
+                # flag merged so all ranks save and exit after this same step.
+                loss, stop = self.dist.step_sync(loss, self.signals.requested)
+                if stop is not None and self.signals.requested is None:
+                    self.signals.requested = stop
             self.throughput.tick()
             vram = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
             fields: Dict[str, Any] = dict(
@@ -644,7 +780,7 @@ class Trainer:
                 self._save(si, stage, optimizer, scheduler, "final" if last_stage else "stage_end")
             elif self.step % every == 0:
                 self._save(si, stage, optimizer, scheduler, "interval")
-            if self.signals.requested:
+            if stop:  # the agreed value: a signal arriving after the sync waits for the next step
                 return self._preempt(si, stage, optimizer, scheduler)
             if sample_every > 0 and self.step % sample_every == 0 and self.step != self.total:
                 self._samples()
@@ -664,7 +800,8 @@ class Trainer:
 
     def _samples(self) -> None:
         prompts = self.spec["samples"]["prompts"]
-        if not prompts:
+        if not prompts or not self.world.is_main:
+            # Rank 0 renders; the others go on to the next collective and wait for it there.
             return
         from .sampling import build_pipeline, render, rendering, save_png
 
@@ -688,17 +825,21 @@ class Trainer:
             raise TrainerError("internal", f"reached step {self.step} without a final resume state")
         final_rel = relative_state_path(self.step)
         self._samples()
-        if self.signals.requested:
+        if self._agreed_stop():
             self.emitter.emit("preempted", step=self.step, signal=self.signals.requested, state=final_rel)
             return EXIT_PREEMPTED
         with self.signals.saving():
-            if self.lora:
+            if not self.world.is_main:
+                nbytes = 0
+            elif self.lora:
                 adapters = {n: m for n, m in self.components.items() if n in self.ever_trained}
                 mode = self.spec["mode"]
                 nbytes = export_lora(self.work, adapters, int(mode["rank"]), mode["alpha"])
             else:
                 trained = {n: self.components[n] for n in self.ever_trained}
                 nbytes = export_full(self.work, self.spec, self.comps, trained)
+            if self.dist is not None:
+                self.dist.barrier()  # no rank exits before the model is written
         self.emitter.emit("done", step=self.step, output="model", format="lora" if self.lora else "diffusers", bytes=nbytes)
         log(f"done: {self.step} steps; model in {os.path.join(self.work, 'model')}")
         return 0
