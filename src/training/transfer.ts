@@ -35,8 +35,8 @@ export async function listFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-/** Streams a local file to the store, returning its size and SHA-256 as uploaded. */
-async function putFile(store: ObjectStore, file: string, key: string): Promise<{ size: number; sha256: string }> {
+/** A pass-through stream that counts and hashes (SHA-256) what flows through it. */
+function hashingTap(): { tap: Transform; result: () => { size: number; sha256: string } } {
   const hash = createHash('sha256');
   let size = 0;
   const tap = new Transform({
@@ -46,10 +46,16 @@ async function putFile(store: ObjectStore, file: string, key: string): Promise<{
       cb(null, chunk);
     },
   });
+  return { tap, result: () => ({ size, sha256: hash.digest('hex') }) };
+}
+
+/** Streams a local file to the store, returning its size and SHA-256 as uploaded. */
+async function putFile(store: ObjectStore, file: string, key: string): Promise<{ size: number; sha256: string }> {
+  const { tap, result } = hashingTap();
   const source = createReadStream(file);
   source.on('error', (err) => tap.destroy(err));
   await store.put(key, source.pipe(tap));
-  return { size, sha256: hash.digest('hex') };
+  return result();
 }
 
 /**
@@ -115,17 +121,9 @@ export async function downloadVerifiedState(store: ObjectStore, prefix: string, 
       }
       const target = path.join(tmp, rel);
       await mkdir(path.dirname(target), { recursive: true });
-      const hash = createHash('sha256');
-      let size = 0;
-      const tap = new Transform({
-        transform(chunk: Buffer, _enc, cb) {
-          hash.update(chunk);
-          size += chunk.length;
-          cb(null, chunk);
-        },
-      });
+      const { tap, result } = hashingTap();
       await pipeline(await store.get(`${prefix}${rel}`), tap, createWriteStream(target));
-      const sha256 = hash.digest('hex');
+      const { size, sha256 } = result();
       if (size !== want.size || sha256 !== want.sha256) {
         throw new BoothError(
           'INVALID_MANIFEST',

@@ -18,6 +18,7 @@ import { once } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import sharp from 'sharp';
+import { blockNoise } from '../../helpers/images.js';
 
 /** What the server does for one image. */
 export type Scenario = 'ok' | 'noun' | 'rate-limit' | 'server-error' | 'refusal' | 'malformed' | 'slow' | 'long-flags';
@@ -366,25 +367,6 @@ export async function startFakeOpenAI(scenarios: Scenario[], opts: { key?: strin
  */
 export async function tintedPhoto(index: number, seed: number, width = 448, height = 392): Promise<Buffer> {
   const base = scenarioLevel(index);
-  const data = Buffer.alloc(width * height * 3);
-  let s = seed >>> 0 || 1;
-  const cells = new Map<number, number>();
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      const cell = ((y >> 3) << 16) | (x >> 3);
-      let v = cells.get(cell);
-      if (v === undefined) {
-        s ^= s << 13;
-        s ^= s >>> 17;
-        s ^= s << 5;
-        v = s >>> 0;
-        cells.set(cell, v);
-      }
-      const i = (y * width + x) * 3;
-      data[i] = base + (v & 31);
-      data[i + 1] = base + ((v >> 5) & 31);
-      data[i + 2] = base + ((v >> 10) & 31);
-    }
-  }
+  const data = blockNoise(width, height, seed, (v) => [base + (v & 31), base + ((v >> 5) & 31), base + ((v >> 10) & 31)]);
   return sharp(data, { raw: { width, height, channels: 3 } }).jpeg({ quality: 92 }).toBuffer();
 }
