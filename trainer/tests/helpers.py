@@ -44,3 +44,24 @@ def with_change(spec: Dict[str, Any], path: str, value: Any) -> Dict[str, Any]:
     else:
         node[parts[-1]] = value
     return out
+
+
+def tiny_spec(model: str, arch: str, **over: Any) -> Dict[str, Any]:
+    """A small joint-schedule spec for the tiny-pipeline tests (256 px, 6 steps, fp32 unless overridden)."""
+    spec: Dict[str, Any] = {
+        "version": 1,
+        "session": "tiny",
+        "run": "r1",
+        "base": {"model": model, "architecture": arch},
+        "mode": {"type": "full"},
+        "data": {"instancePrompt": "photo of ohwx man"},
+        "resolution": 256,
+        "schedule": {"type": "joint", "steps": 6, "unetLearningRate": 1e-3},
+        "optimizer": {"type": "adamw"},
+        "lrScheduler": {"type": "linear", "warmupSteps": 1},
+        "mixedPrecision": "no",
+        "resumeState": {"every": 100},
+        "samples": {"prompts": [], "every": 0, "steps": 2},
+    }
+    spec.update(over)
+    return spec

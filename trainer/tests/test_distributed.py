@@ -41,6 +41,8 @@ from booth_trainer.errors import TrainerError
 from booth_trainer.order import DataOrder, shard
 from booth_trainer.progress import Emitter
 
+from .helpers import tiny_spec
+
 TRAINER_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -278,23 +280,7 @@ class TwoProcesses(unittest.TestCase):
         return path
 
     def spec(self, **over: Any) -> Dict[str, Any]:
-        spec: Dict[str, Any] = {
-            "version": 1,
-            "session": "tiny",
-            "run": "ddp",
-            "base": {"model": self.sd15, "architecture": "sd1"},
-            "mode": {"type": "full"},
-            "data": {"instancePrompt": "photo of ohwx man"},
-            "resolution": 256,
-            "schedule": {"type": "joint", "steps": 6, "unetLearningRate": 1e-3},
-            "optimizer": {"type": "adamw"},
-            "lrScheduler": {"type": "linear", "warmupSteps": 1},
-            "mixedPrecision": "no",
-            "resumeState": {"every": 100},
-            "samples": {"prompts": [], "every": 0, "steps": 2},
-        }
-        spec.update(over)
-        return spec
+        return tiny_spec(self.sd15, "sd1", **{"run": "ddp", **over})
 
     def launch(self, work: str, spec: Dict[str, Any], stop_after: Optional[int] = None, target: str = "launcher") -> Launch:
         """Runs the worker's multi-GPU command with 2 processes; ``target`` ``launcher`` or ``rank1``

@@ -25,6 +25,7 @@ import tempfile
 import unittest
 from typing import Any, Dict, List, Optional, Tuple
 
+from .helpers import tiny_spec
 from .tiny_models import SHARED_MODELS
 
 TRAINER_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,23 +45,8 @@ SKIP = skip_reason()
 
 
 def base_spec(model: str, arch: str, **over: Any) -> Dict[str, Any]:
-    spec: Dict[str, Any] = {
-        "version": 1,
-        "session": "tiny",
-        "run": "r1",
-        "base": {"model": model, "architecture": arch},
-        "mode": {"type": "full"},
-        "data": {"instancePrompt": "photo of ohwx man"},
-        "resolution": 256,
-        "schedule": {"type": "joint", "steps": 6, "unetLearningRate": 1e-3},
-        "optimizer": {"type": "adamw"},
-        "lrScheduler": {"type": "linear", "warmupSteps": 1},
-        "mixedPrecision": "bf16",
-        "resumeState": {"every": 100},
-        "samples": {"prompts": [], "every": 0, "steps": 2},
-    }
-    spec.update(over)
-    return spec
+    """The shared tiny spec in bf16, which these tests use unless they say otherwise."""
+    return tiny_spec(model, arch, **{"mixedPrecision": "bf16", **over})
 
 
 class Run:
