@@ -26,7 +26,12 @@ export type BoothErrorCode =
   /** Captioning failed for one photo (refusal, malformed output, timeout after retries); the others go on. */
   | 'CAPTION_FAILED'
   /** The captioning endpoint refused the whole job (bad key, unknown model, bad request). */
-  | 'CAPTION_SERVICE';
+  | 'CAPTION_SERVICE'
+  /**
+   * A conditional write found the object changed since it was read (`ifMatch`) or already there
+   * (`ifNoneMatch`): read it again, re-apply the change and write again.
+   */
+  | 'PRECONDITION_FAILED';
 
 /**
  * An error a person can act on.

@@ -9,9 +9,15 @@
  * - keys are validated with {@link assertValidKey} before any I/O (no `..`, no absolute paths,
  *   no backslashes, no control characters); see `keys.ts`.
  * - `list` returns keys in ascending UTF-8 byte order, paginated by an opaque cursor.
+ * - conditional writes: a `put` with `ifMatch` replaces the object only while its etag is the one
+ *   given, and one with `ifNoneMatch: '*'` creates it only while it is absent; the check and the
+ *   write are one atomic step with respect to every other put and delete of that key, from this
+ *   process or any other (the folder driver uses a lock file per key, S3 its own `If-Match` /
+ *   `If-None-Match` support). A failed condition throws `PRECONDITION_FAILED` and writes nothing.
+ *   This is what makes read-modify-write safe with several writers (see `SessionStore.update`).
  *
- * Left out on purpose (as bullmq's backend contract states its omissions): conditional writes
- * (if-match), object metadata beyond content type, versioning, and cross-store copy. Multi-object
+ * Left out on purpose (as bullmq's backend contract states its omissions): conditional deletes
+ * and copies, object metadata beyond content type, versioning, and cross-store copy. Multi-object
  * writes are made visible by writing a marker object last (see docs/architecture.md); the store
  * itself knows nothing about that convention.
  */
@@ -67,6 +73,14 @@ export interface PutOptions {
   contentType?: string;
   /** Abort the write; the previous object (if any) stays intact. */
   signal?: AbortSignal;
+  /**
+   * Replace the object only if it exists and its etag (as `head`, `list` or `put` reported it)
+   * is this one; otherwise throw `PRECONDITION_FAILED` and leave it as it is. Entity tags are
+   * compared as opaque strings: pass the value Booth gave, unquoted.
+   */
+  ifMatch?: string;
+  /** `'*'`: create the object only if no object has this key; otherwise throw `PRECONDITION_FAILED`. */
+  ifNoneMatch?: '*';
 }
 
 /** Body accepted by {@link ObjectStore.put}. */
@@ -84,9 +98,14 @@ export interface ObjectStore {
   get(key: string, options?: GetOptions): Promise<Readable>;
 
   /**
-   * Write an object atomically (replace if it exists).
-   * @returns the stored object's info
-   * @throws BoothError `INVALID_KEY`; `STORAGE` when the write failed (previous object intact).
+   * Write an object atomically (replace if it exists), optionally only under a condition
+   * (`ifMatch`, `ifNoneMatch`; see {@link PutOptions}).
+   * @returns the stored object's info: the version this put wrote, even when another writer has
+   *   replaced it since (so its etag is the one to pass as the next `ifMatch`)
+   * @throws BoothError `INVALID_KEY`; `INVALID_ARGUMENT` for bad options (both conditions at
+   *   once, an empty `ifMatch`, an `ifNoneMatch` other than `'*'`, a conditional body over the
+   *   driver's single-request limit); `PRECONDITION_FAILED` naming the key when the condition does
+   *   not hold (nothing written); `STORAGE` when the write failed (previous object intact).
    */
   put(key: string, body: PutBody, options?: PutOptions): Promise<ObjectInfo>;
 

@@ -16,7 +16,13 @@
  *   when the hashing stage finished, before the file was flushed, and wrote in place);
  * - `Range: bytes=0-0` reads one byte (s3rver read `end || Infinity`, so it sent everything);
  * - `x-amz-copy-source` is fully percent-decoded (s3rver used `decodeURI`, which leaves `%2B`,
- *   `%3F`, `%23`, `%26`, `%3D` … encoded, so keys with `+ ? # & =` could not be copied).
+ *   `%3F`, `%23`, `%26`, `%3D` … encoded, so keys with `+ ? # & =` could not be copied);
+ * - conditional PutObject is implemented (s3rver ignored `If-Match` and `If-None-Match` on PUT and
+ *   always wrote): `If-None-Match: *` writes only when no object has the key, `If-Match: "<etag>"`
+ *   only when the object exists with that ETag (`*` for any), else the answer is 412 with S3's
+ *   `PreconditionFailed` error body and nothing is written; an `If-None-Match` other than `*` is
+ *   501 `NotImplemented`, as on S3. Every write and delete of one key is serialised (the server is
+ *   one process), so a condition is evaluated atomically with the write it guards, as S3 does.
  *
  * This file is both the helper (imported by tests) and the child's program (run by Node's
  * built-in TypeScript type stripping), so it uses only erasable TypeScript syntax.
@@ -45,6 +51,15 @@ export interface S3rverHandle {
   credentials: { accessKeyId: string; secretAccessKey: string };
   /** Multipart uploads started and neither completed nor aborted (they hold parts on disk). */
   pendingUploads(): Promise<number>;
+  /**
+   * An outage: kill the server process (SIGKILL, connections dropped) but keep its folder, so
+   * that {@link S3rverHandle.restart} brings the same objects back on the same port.
+   */
+  kill(): Promise<void>;
+  /** Start the server again after {@link S3rverHandle.kill}: same port, same folder, same objects. */
+  restart(): Promise<void>;
+  /** The folder holding the bucket's files (objects are `<key>._S3rver_object`). */
+  directory: string;
   /** Stop the server and remove its folder. */
   stop(): Promise<void>;
 }
@@ -67,42 +82,65 @@ const SELF = fileURLToPath(import.meta.url);
 export async function startS3rver(options: { bucket?: string } = {}): Promise<S3rverHandle> {
   const bucket = options.bucket ?? 'booth-test';
   const directory = await mkdtemp(path.join(os.tmpdir(), 'booth-s3rver-'));
+  let server: { child: ChildProcess; exited: Promise<void> };
+  let port: number;
+  try {
+    const first = await spawnServer(directory, bucket, 0);
+    server = first;
+    port = first.port;
+  } catch (err) {
+    await rm(directory, { recursive: true, force: true });
+    throw err;
+  }
+  const halt = async (signal: NodeJS.Signals): Promise<void> => {
+    const { child, exited } = server;
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    await exited;
+  };
+
+  return {
+    endpoint: `http://127.0.0.1:${port}`,
+    bucket,
+    credentials: { ...S3RVER_CREDENTIALS },
+    directory: path.join(directory, bucket),
+    async pendingUploads(): Promise<number> {
+      const uploads = path.join(directory, bucket, '._S3rver_uploads');
+      const entries = await readdir(uploads).catch(() => []);
+      return entries.length;
+    },
+    async kill(): Promise<void> {
+      await halt('SIGKILL');
+    },
+    async restart(): Promise<void> {
+      await halt('SIGKILL');
+      server = await spawnServer(directory, bucket, port);
+    },
+    async stop(): Promise<void> {
+      await halt('SIGTERM');
+      await rm(directory, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Start the child on `port` (0: a free one); resolves once it listens. */
+async function spawnServer(directory: string, bucket: string, port: number): Promise<{ child: ChildProcess; exited: Promise<void>; port: number }> {
   const child = spawn(
     process.execPath,
     // --experimental-strip-types: on by default since Node 22.18/23.6, needed before (engines: >=22.12).
-    ['--openssl-legacy-provider', '--experimental-strip-types', '--disable-warning=ExperimentalWarning', SELF, SERVE_FLAG, directory, bucket],
+    ['--openssl-legacy-provider', '--experimental-strip-types', '--disable-warning=ExperimentalWarning', SELF, SERVE_FLAG, directory, bucket, String(port)],
     // stdin stays open as a lifeline: the child exits when it closes, even if this process dies.
     { stdio: ['pipe', 'pipe', 'pipe'] },
   );
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-
-  let port: number;
   try {
-    port = await readyPort(child, () => stderr);
+    return { child, exited, port: await readyPort(child, () => stderr) };
   } catch (err) {
     child.kill('SIGKILL');
     await exited;
-    await rm(directory, { recursive: true, force: true });
     throw err;
   }
-
-  return {
-    endpoint: `http://127.0.0.1:${port}`,
-    bucket,
-    credentials: { ...S3RVER_CREDENTIALS },
-    async pendingUploads(): Promise<number> {
-      const uploads = path.join(directory, bucket, '._S3rver_uploads');
-      const entries = await readdir(uploads).catch(() => []);
-      return entries.length;
-    },
-    async stop(): Promise<void> {
-      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
-      await exited;
-      await rm(directory, { recursive: true, force: true });
-    },
-  };
 }
 
 function readyPort(child: ChildProcess, stderr: () => string): Promise<number> {
@@ -138,6 +176,7 @@ interface S3rverAddress {
   port: number;
 }
 interface KoaContext {
+  req: NodeJS.ReadableStream;
   method: string;
   headers: Record<string, string | string[] | undefined>;
   path: string;
@@ -356,7 +395,91 @@ function abortMultipartUpload(store: FsStore): KoaMiddleware {
   };
 }
 
-async function serve(directory: string, bucket: string): Promise<void> {
+/** A bare ETag: quotes and a weak prefix removed. */
+function bareEtag(etag: string): string {
+  return etag.trim().replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
+}
+
+function s3ErrorXml(code: string, message: string, extra: Record<string, string> = {}): string {
+  const escape = (v: string): string => v.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+  const fields = Object.entries(extra).map(([k, v]) => `<${k}>${escape(v)}</${k}>`).join('');
+  return `<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>${code}</Code><Message>${escape(message)}</Message>${fields}<RequestId>${randomBytes(8).toString('hex')}</RequestId></Error>`;
+}
+
+/** Read and drop a request body we answer without storing, so the client is not cut off mid-send. */
+function drain(req: NodeJS.ReadableStream): Promise<void> {
+  return new Promise((resolve) => {
+    req.on('end', resolve).on('error', () => resolve()).on('close', resolve);
+    req.resume();
+  });
+}
+
+function conditionalWrites(store: FsStore): KoaMiddleware {
+  const tails = new Map<string, Promise<void>>();
+  return async (ctx, next) => {
+    if (ctx.method !== 'PUT' && ctx.method !== 'POST' && ctx.method !== 'DELETE') return next();
+    const [, rawBucket = '', ...rawKey] = ctx.path.split('/');
+    const isPart = ctx.method === 'PUT' && ctx.query.partNumber !== undefined;
+    if (rawKey.join('/') === '' || isPart) return next();
+    const bucket = decodeURIComponent(rawBucket);
+    const key = rawKey.map(decodeURIComponent).join('/');
+
+    // Serialise the writes of one key: each waits until the previous one has answered.
+    const id = `${bucket}/${key}`;
+    const previous = tails.get(id) ?? Promise.resolve();
+    let done = (): void => undefined;
+    const mine = new Promise<void>((resolve) => (done = resolve));
+    const tail = previous.then(() => mine);
+    tails.set(id, tail);
+    await previous;
+    try {
+      const header = (name: string): string | undefined => {
+        const v = ctx.headers[name];
+        return Array.isArray(v) ? v.join(',') : v;
+      };
+      const ifMatch = header('if-match');
+      const ifNoneMatch = header('if-none-match');
+      // PutObject proper: not a copy, a part or a sub-resource (the SDK adds `x-id=PutObject`).
+      const subresources = Object.keys(ctx.query).filter((k) => k !== 'x-id');
+      const isObjectPut = ctx.method === 'PUT' && ctx.headers['x-amz-copy-source'] === undefined && subresources.length === 0;
+      if (isObjectPut && (ifMatch !== undefined || ifNoneMatch !== undefined)) {
+        if (ifNoneMatch !== undefined && ifNoneMatch.trim() !== '*') {
+          await drain(ctx.req);
+          ctx.status = 501;
+          ctx.type = 'application/xml';
+          ctx.body = s3ErrorXml('NotImplemented', 'A header you provided implies functionality that is not implemented', { Header: 'If-None-Match' });
+          return;
+        }
+        const current = await store.getMetadata(bucket, key).then(
+          (m) => bareEtag(String(m.etag)),
+          (err: NodeJS.ErrnoException) => {
+            if (err.code === 'ENOENT') return null;
+            throw err;
+          },
+        );
+        const holds =
+          ifNoneMatch !== undefined
+            ? current === null
+            : current !== null && (ifMatch ?? '').split(',').some((tag) => tag.trim() === '*' || bareEtag(tag) === current);
+        if (!holds) {
+          await drain(ctx.req);
+          ctx.status = 412;
+          ctx.type = 'application/xml';
+          ctx.body = s3ErrorXml('PreconditionFailed', 'At least one of the pre-conditions you specified did not hold', {
+            Condition: ifNoneMatch !== undefined ? 'If-None-Match' : 'If-Match',
+          });
+          return;
+        }
+      }
+      await next();
+    } finally {
+      done();
+      if (tails.get(id) === tail) tails.delete(id);
+    }
+  };
+}
+
+async function serve(directory: string, bucket: string, port: number): Promise<void> {
   const require = createRequire(import.meta.url);
   const S3rver = require('s3rver') as S3rverConstructor;
   const Store = require('s3rver/lib/stores/filesystem.js') as FsStoreClass;
@@ -366,21 +489,23 @@ async function serve(directory: string, bucket: string): Promise<void> {
   patchCopySource(require('s3rver/lib/controllers/object.js') as ObjectController);
   const server = new S3rver({
     address: '127.0.0.1',
-    port: 0,
+    port,
     silent: true,
     directory,
     configureBuckets: [{ name: bucket, configs: [] }],
   });
   server.middleware.unshift(abortMultipartUpload(server.store));
+  // First of all, so that the other corrections run inside its per-key serialisation.
+  server.middleware.unshift(conditionalWrites(server.store));
   const address = await server.run();
   process.stdin.on('end', () => process.exit(0)).resume();
   process.stdout.write(`${JSON.stringify({ port: address.port })}\n`);
 }
 
 if (process.argv[2] === SERVE_FLAG && process.argv[1] === SELF) {
-  const [directory, bucket] = process.argv.slice(3);
-  if (directory === undefined || bucket === undefined) throw new Error(`usage: node s3rver.ts ${SERVE_FLAG} <directory> <bucket>`);
-  serve(directory, bucket).catch((err: unknown) => {
+  const [directory, bucket, port] = process.argv.slice(3);
+  if (directory === undefined || bucket === undefined) throw new Error(`usage: node s3rver.ts ${SERVE_FLAG} <directory> <bucket> [port]`);
+  serve(directory, bucket, Number(port ?? 0)).catch((err: unknown) => {
     process.stderr.write(`${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exit(1);
   });

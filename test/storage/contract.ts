@@ -532,6 +532,110 @@ export function testStoreContract(name: string, factory: () => Promise<StoreUnde
       });
     });
 
+    describe('conditional writes', () => {
+      it('replaces with ifMatch when the etag is current, and reports the new version', async () => {
+        const first = await store.put('c/m.json', '{"n":1}');
+        const second = await store.put('c/m.json', '{"n":2}', { ifMatch: first.etag });
+        expect(await text(store, 'c/m.json')).toBe('{"n":2}');
+        expect(second.etag).not.toBe(first.etag);
+        expect((await store.head('c/m.json'))?.etag).toBe(second.etag);
+        // The etag put returned is good for the next conditional write.
+        await store.put('c/m.json', '{"n":3}', { ifMatch: second.etag, contentType: 'application/json' });
+        expect(await text(store, 'c/m.json')).toBe('{"n":3}');
+      });
+
+      it('refuses ifMatch with a stale etag, naming the key, and leaves the object intact', async () => {
+        const first = await store.put('c/m.json', 'one');
+        const second = await store.put('c/m.json', 'two');
+        const err = await expectBoothError(store.put('c/m.json', 'three', { ifMatch: first.etag }), 'PRECONDITION_FAILED', /"c\/m\.json"/);
+        expect(err.message).toMatch(/changed since it was read/);
+        expect(await text(store, 'c/m.json')).toBe('two');
+        expect((await store.head('c/m.json'))?.etag).toBe(second.etag);
+        expect(await keysOf(store)).toEqual(['c/m.json']);
+      });
+
+      it('refuses ifMatch on a missing or deleted object and creates nothing', async () => {
+        const info = await store.put('c/gone', 'x');
+        await store.delete('c/gone');
+        await expectBoothError(store.put('c/gone', 'y', { ifMatch: info.etag }), 'PRECONDITION_FAILED', /"c\/gone"/);
+        await expectBoothError(store.put('c/never', 'y', { ifMatch: info.etag }), 'PRECONDITION_FAILED');
+        expect(await store.head('c/gone')).toBeNull();
+        expect(await keysOf(store)).toEqual([]);
+      });
+
+      it('creates with ifNoneMatch "*" once, then refuses and keeps the first', async () => {
+        const created = await store.put('c/new', 'first', { ifNoneMatch: '*' });
+        const err = await expectBoothError(store.put('c/new', 'second', { ifNoneMatch: '*' }), 'PRECONDITION_FAILED', /"c\/new"/);
+        expect(err.message).toMatch(/already exists/);
+        expect(await text(store, 'c/new')).toBe('first');
+        expect((await store.head('c/new'))?.etag).toBe(created.etag);
+      });
+
+      it('takes a stream body under a condition', async () => {
+        const first = await store.put('c/s', 'a');
+        await store.put('c/s', Readable.from(['b', Buffer.from('c')]), { ifMatch: first.etag });
+        expect(await text(store, 'c/s')).toBe('bc');
+        await expectBoothError(store.put('c/s', Readable.from(['d']), { ifMatch: first.etag }), 'PRECONDITION_FAILED');
+        expect(await text(store, 'c/s')).toBe('bc');
+      });
+
+      it('rejects malformed conditions before any I/O', async () => {
+        const bad: Array<Record<string, unknown>> = [{ ifMatch: '' }, { ifMatch: 42 }, { ifNoneMatch: 'abc' }, { ifMatch: 'e', ifNoneMatch: '*' }];
+        for (const options of bad) {
+          await expectBoothError(store.put('c/bad', 'x', options as never), 'INVALID_ARGUMENT', /"c\/bad"/);
+        }
+        expect(await store.head('c/bad')).toBeNull();
+      });
+
+      it('lets exactly one of many concurrent ifMatch writers win each round', async () => {
+        const writers = 6;
+        let info = await store.put('c/race', 'round 0');
+        for (let round = 1; round <= 4; round++) {
+          const base = info.etag;
+          const outcomes = await Promise.allSettled(Array.from({ length: writers }, (_, w) => store.put('c/race', `round ${round} by ${w}`, { ifMatch: base })));
+          const won = outcomes.flatMap((o, w) => (o.status === 'fulfilled' ? [{ w, info: o.value }] : []));
+          const lost = outcomes.filter((o): o is PromiseRejectedResult => o.status === 'rejected');
+          expect(won, `round ${round}`).toHaveLength(1);
+          for (const l of lost) expect((l.reason as BoothError).code).toBe('PRECONDITION_FAILED');
+          const winner = won[0] as { w: number; info: ObjectInfo };
+          expect(await text(store, 'c/race')).toBe(`round ${round} by ${winner.w}`);
+          expect((await store.head('c/race'))?.etag).toBe(winner.info.etag);
+          info = winner.info;
+        }
+      });
+
+      it('lets exactly one of many concurrent ifNoneMatch creators win', async () => {
+        const outcomes = await Promise.allSettled(Array.from({ length: 6 }, (_, w) => store.put('c/once', `by ${w}`, { ifNoneMatch: '*' })));
+        const won = outcomes.flatMap((o, w) => (o.status === 'fulfilled' ? [w] : []));
+        expect(won).toHaveLength(1);
+        expect(await text(store, 'c/once')).toBe(`by ${String(won[0])}`);
+        for (const o of outcomes) if (o.status === 'rejected') expect((o.reason as BoothError).code).toBe('PRECONDITION_FAILED');
+      });
+
+      it('loses no increment when concurrent read-modify-write loops retry on conflict', async () => {
+        await store.put('c/counter', '0');
+        const workers = 4;
+        const each = 8;
+        const worker = async (): Promise<void> => {
+          for (let i = 0; i < each; i++) {
+            for (;;) {
+              // Head before get: a write in between only makes the put fail and retry, never succeed on stale data.
+              const info = (await store.head('c/counter')) as ObjectInfo;
+              const n = Number(await text(store, 'c/counter'));
+              try {
+                await store.put('c/counter', String(n + 1), { ifMatch: info.etag });
+                break;
+              } catch (err) {
+                if ((err as BoothError).code !== 'PRECONDITION_FAILED') throw err;
+              }
+            }
+          }
+        };
+        await Promise.all(Array.from({ length: workers }, worker));
+        expect(Number(await text(store, 'c/counter'))).toBe(workers * each);
+      });
+    });
+
     describe('concurrency', () => {
       it('handles many puts into one folder at once', async () => {
         const keys = Array.from({ length: 25 }, (_, i) => `many/${String(i).padStart(2, '0')}`);

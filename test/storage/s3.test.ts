@@ -247,6 +247,89 @@ describe('s3 driver specifics', () => {
     );
   });
 
+  it('sends a conditional put, stream or not, as one PutObject with the S3 condition headers', async () => {
+    const headers: Array<Record<string, string>> = [];
+    const recorder = recordingClient();
+    const store = await createS3Store(
+      storeOptions({
+        multipartThreshold: 5 * MiB,
+        createClient(config) {
+          const client = recorder.createClient(config);
+          client.middlewareStack.add(
+            (next) => async (args) => {
+              const request = args.request as { headers?: Record<string, string> };
+              if (request.headers) headers.push({ ...request.headers });
+              return next(args);
+            },
+            { step: 'finalizeRequest', name: 'boothTestHeaders' },
+          );
+          return client;
+        },
+      }),
+    );
+    try {
+      const first = await store.put('m.json', Readable.from(['{"v":1}']), { ifNoneMatch: '*' });
+      await store.put('m.json', Readable.from([Buffer.from('{"v":2}')]), { ifMatch: first.etag });
+      expect(recorder.commands.filter((c) => c !== 'HeadObjectCommand')).toEqual(['PutObjectCommand', 'PutObjectCommand']);
+      const puts = headers.filter((h) => h['if-none-match'] !== undefined || h['if-match'] !== undefined);
+      expect(puts.map((h) => [h['if-none-match'], h['if-match']])).toEqual([
+        ['*', undefined],
+        [undefined, `"${first.etag}"`],
+      ]);
+      expect((await readAll(store, 'm.json')).toString()).toBe('{"v":2}');
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('refuses a conditional body over the single-request limit, writing nothing', async () => {
+    const store = await createS3Store(storeOptions({ multipartThreshold: 5 * MiB }));
+    try {
+      await expect(store.put('big', Buffer.alloc(5 * MiB + 1), { ifNoneMatch: '*' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT', message: expect.stringMatching(/5242880 bytes/) });
+      const source = patternStream(6 * MiB, { then: 'hang' });
+      await expect(store.put('big', source.stream, { ifNoneMatch: '*' })).rejects.toMatchObject({ code: 'INVALID_ARGUMENT' });
+      expect(source.stream.destroyed).toBe(true);
+      expect(await store.head('big')).toBeNull();
+    } finally {
+      await store.close();
+    }
+  });
+
+  it('maps 409 ConditionalRequestConflict and 404 under If-Match to PRECONDITION_FAILED', async () => {
+    let answer: { name: string; status: number } | null = null;
+    const store = await createS3Store(
+      storeOptions({
+        createClient(config) {
+          const client = new S3Client(config);
+          // S3's answers to a conditional write that loses a race, or whose object was deleted.
+          client.middlewareStack.add(
+            (next, context) => async (args) => {
+              if (context.commandName === 'PutObjectCommand' && answer) {
+                throw Object.assign(new Error(answer.name), { name: answer.name, $metadata: { httpStatusCode: answer.status } });
+              }
+              return next(args);
+            },
+            { step: 'initialize', name: 'boothTestConflict' },
+          );
+          return client;
+        },
+      }),
+    );
+    try {
+      const info = await store.put('m.json', 'v1');
+      answer = { name: 'ConditionalRequestConflict', status: 409 };
+      await expect(store.put('m.json', 'v2', { ifMatch: info.etag })).rejects.toMatchObject({ code: 'PRECONDITION_FAILED', message: expect.stringContaining('"m.json"') });
+      answer = { name: 'NoSuchKey', status: 404 };
+      await expect(store.put('m.json', 'v2', { ifMatch: info.etag })).rejects.toMatchObject({ code: 'PRECONDITION_FAILED', message: expect.stringMatching(/no longer exists/) });
+      answer = { name: 'InternalError', status: 500 };
+      await expect(store.put('m.json', 'v2', { ifMatch: info.etag })).rejects.toMatchObject({ code: 'STORAGE' });
+      answer = null;
+      expect((await readAll(store, 'm.json')).toString()).toBe('v1');
+    } finally {
+      await store.close();
+    }
+  });
+
   it('refuses to work after close', async () => {
     const store = await createS3Store(storeOptions());
     await store.close();

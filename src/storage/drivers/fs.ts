@@ -5,23 +5,36 @@
  * rename cannot turn into a copy), the file is fsynced, renamed over the target and the folder is
  * fsynced, so after a crash a reader finds the old object or the whole new one. A put that fails
  * or is aborted removes its temporary file; one killed outright leaves it behind, invisible to
- * `list` and harmless. Entity tags are derived from inode, size and a microsecond modification
+ * `list`, which deletes it once it is an hour old ({@link STALE_TEMP_MS}). Entity tags are derived from inode, size and a microsecond modification
  * time that `put` stamps itself and keeps strictly increasing per key (see {@link FsStoreOptions}),
- * so they change whenever the content changes without ever reading the content. Left out: file
- * locking (each key has one writer by design), following symbolic links in listings, and storing a
- * key next to a folder of the same name (`a` and `a/b`), which a file system cannot hold.
+ * so they change whenever the content changes without ever reading the content.
+ *
+ * Conditional puts (`ifMatch`, `ifNoneMatch`) must check the current etag and rename in one step
+ * as seen by every process that shares the folder, so every write and delete of a key commits
+ * under a per-key lock file next to the object (`.booth-tmp-lock-<hash of the name>`, created
+ * with O_EXCL, hidden from `list` like the temporary files). The body is written before the lock
+ * is taken, so the lock is held only for a stat, a rename and an unlink: microseconds. A lock
+ * left by a process that died holding it (SIGKILL, power loss) never blocks the key for long: a
+ * writer that finds it breaks it at once when its owner's pid is dead on this host, and after
+ * {@link FsStoreOptions.staleLockMs} otherwise (owners on other hosts of a shared file system).
+ * Breaking is safe against a lock taken over in the meantime: the breaker checks that what it
+ * removed is the stale lock it judged (else it puts it back), and an owner checks that it still
+ * holds its lock right before it renames. Left out: following symbolic links in listings, and
+ * storing a key next to a folder of the same name (`a` and `a/b`), which a file system cannot hold.
  */
 import { randomBytes, createHash } from 'node:crypto';
 import { constants as fsConstants, type BigIntStats } from 'node:fs';
-import { copyFile, lstat, mkdir, open, readdir, rename, rm, rmdir, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { copyFile, link, lstat, mkdir, open, readdir, readFile, rename, rm, rmdir, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { addAbortSignal, Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { BoothError, errorMessage } from '../../errors.js';
 import { createLogger, type Logger } from '../../log.js';
 import { assertValidKey, assertValidPrefix, compareKeys, isValidKey, RESERVED_SEGMENT_PREFIX } from '../keys.js';
 import type { GetOptions, ListOptions, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions } from '../types.js';
-import { assertBody, checkCursor, checkLimit, checkRange, closedError } from './shared.js';
+import { assertBody, checkCondition, checkCursor, checkLimit, checkRange, closedError, preconditionFailed, type PutCondition } from './shared.js';
 
 /** Options of {@link createFsStore}. */
 export interface FsStoreOptions {
@@ -32,10 +45,37 @@ export interface FsStoreOptions {
   root: string;
   /** Logger for best-effort steps that fail without failing the operation. Default: stderr, `warn`. */
   logger?: Logger;
+  /**
+   * Milliseconds after which a key's write lock is presumed abandoned and broken even though its
+   * owner may be alive (an owner on another host, or a pid reused on this one). A healthy writer
+   * holds the lock for well under a millisecond. Default 30 000.
+   */
+  staleLockMs?: number;
 }
 
 /** Error codes that mean "no object at this key". */
 const MISSING = new Set(['ENOENT', 'ENOTDIR']);
+
+/** Default of {@link FsStoreOptions.staleLockMs}. */
+const DEFAULT_STALE_LOCK_MS = 30_000;
+/** A lock file still empty after this long was left by a writer that died between creating and filling it. */
+const EMPTY_LOCK_MS = 2_000;
+
+/** What a lock file holds: who took it, so that others can tell a live lock from an abandoned one. */
+interface LockOwner {
+  pid: number;
+  host: string;
+  token: string;
+  at: string;
+}
+
+/** A held per-key lock. */
+interface KeyLock {
+  /** The lock file's path. */
+  file: string;
+  /** Its exact content, unique to this acquisition. */
+  record: string;
+}
 
 /**
  * Open a folder as an object store.
@@ -57,6 +97,11 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
   const root = path.resolve(options.root);
   const url = pathToFileURL(root).href;
   const logger = options.logger ?? createLogger();
+  const staleLockMs = options.staleLockMs ?? DEFAULT_STALE_LOCK_MS;
+  if (!Number.isFinite(staleLockMs) || staleLockMs <= 0) {
+    throw new BoothError('INVALID_ARGUMENT', `createFsStore: option "staleLockMs" must be a positive number of milliseconds, got ${String(staleLockMs)}`);
+  }
+  const host = hostname();
   let closed = false;
 
   const pathOf = (key: string): string => path.join(root, ...key.split('/'));
@@ -148,6 +193,111 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
     return st;
   }
 
+  /** The lock file of `key`: in the key's folder, named by a hash so that any key name fits. */
+  function lockFileOf(key: string): string {
+    const target = pathOf(key);
+    const digest = createHash('sha256').update(path.basename(target)).digest('hex').slice(0, 32);
+    return path.join(path.dirname(target), `${RESERVED_SEGMENT_PREFIX}lock-${digest}`);
+  }
+
+  /**
+   * Take `key`'s lock, waiting while another writer holds it and breaking it when it is stale.
+   * @returns the lock, or null when the key's folder does not exist (nothing there to guard)
+   * @throws BoothError `STORAGE` when a live lock is held past the stale bound plus a margin
+   */
+  async function acquireLock(key: string): Promise<KeyLock | null> {
+    const file = lockFileOf(key);
+    const owner: LockOwner = { pid: process.pid, host, token: randomBytes(12).toString('hex'), at: new Date().toISOString() };
+    const record = JSON.stringify(owner);
+    const deadline = Date.now() + staleLockMs + 10_000;
+    for (let attempt = 0; ; attempt++) {
+      let fh: FileHandle | undefined;
+      try {
+        fh = await open(file, 'wx', 0o666);
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? '';
+        if (MISSING.has(code)) return null;
+        if (code !== 'EEXIST') throw storageError('lock', `key "${key}"`, err);
+      }
+      if (fh) {
+        try {
+          await fh.writeFile(record);
+        } catch (err) {
+          // An empty lock would hold the key until it is old enough to break: remove it now.
+          await fh.close().catch(() => undefined);
+          await unlink(file).catch(() => undefined);
+          throw storageError('lock', `key "${key}"`, err);
+        }
+        await fh.close();
+        return { file, record };
+      }
+      if (await breakIfStale(key, file)) continue;
+      if (Date.now() > deadline) {
+        const holder = await readFile(file, 'utf8').catch(() => '(unreadable)');
+        throw new BoothError(
+          'STORAGE',
+          `write of key "${key}" in ${url} waited ${Math.round((staleLockMs + 10_000) / 1000)} s for its lock ${file}, held by ${holder}; ` +
+            'if no Booth process is writing to this store, delete that file',
+        );
+      }
+      // Holders keep the lock for microseconds: poll fast at first, then back off, with jitter so
+      // that waiters do not wake in lockstep.
+      await sleep(Math.min(2 ** attempt, 25) * (0.5 + Math.random()));
+    }
+  }
+
+  /**
+   * Remove `file` when it is an abandoned lock: its owner's pid is dead on this host, or it is
+   * older than the stale bound (an empty one, from a writer that died before filling it, sooner).
+   * @returns true when the caller should try to take the lock again at once
+   */
+  async function breakIfStale(key: string, file: string): Promise<boolean> {
+    let seen: { st: BigIntStats; text: string };
+    try {
+      seen = { st: await stat(file, { bigint: true }), text: await readFile(file, 'utf8') };
+    } catch (err) {
+      if (MISSING.has((err as NodeJS.ErrnoException).code ?? '')) return true;
+      throw storageError('lock', `key "${key}"`, err);
+    }
+    const owner = parseOwner(seen.text);
+    const age = Date.now() - Number(seen.st.mtimeMs);
+    const stale = owner ? (owner.host === host && !pidAlive(owner.pid)) || age > staleLockMs : age > Math.min(EMPTY_LOCK_MS, staleLockMs);
+    if (!stale) return false;
+    // Move it aside rather than unlink it: only then can we check that what we removed is the lock
+    // we judged, and not a fresh one another writer took after breaking the same stale lock.
+    const aside = path.join(path.dirname(file), `${RESERVED_SEGMENT_PREFIX}${randomBytes(8).toString('hex')}`);
+    try {
+      await rename(file, aside);
+    } catch (err) {
+      if (MISSING.has((err as NodeJS.ErrnoException).code ?? '')) return true;
+      throw storageError('lock', `key "${key}"`, err);
+    }
+    const taken = await lstat(aside, { bigint: true }).catch(() => undefined);
+    const takenText = await readFile(aside, 'utf8').catch(() => undefined);
+    if (taken && taken.ino === seen.st.ino && taken.dev === seen.st.dev && takenText === seen.text) {
+      logger.warn({ key, lock: file, owner: owner ?? seen.text, ageMs: age }, 'fs store: removed an abandoned write lock');
+    } else {
+      // A live lock: put it back unless yet another writer holds the key by now; its owner checks
+      // that it still holds the lock before committing, so a lock lost here costs a retry, not data.
+      await link(aside, file).catch(() => undefined);
+    }
+    await unlink(aside).catch(() => undefined);
+    return true;
+  }
+
+  /** Whether `lock` is still ours (it may have been broken as stale while we were descheduled). */
+  async function holdsLock(lock: KeyLock): Promise<boolean> {
+    return (await readFile(lock.file, 'utf8').catch(() => undefined)) === lock.record;
+  }
+
+  async function releaseLock(lock: KeyLock): Promise<void> {
+    // Never remove a lock that another writer took after breaking ours.
+    if (!(await holdsLock(lock))) return;
+    await unlink(lock.file).catch((err: unknown) => {
+      logger.warn({ lock: lock.file, err: errorMessage(err) }, 'fs store: could not remove a write lock; the next writer will break it');
+    });
+  }
+
   async function syncDir(dir: string): Promise<void> {
     let fh: FileHandle | undefined;
     try {
@@ -161,24 +311,52 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
     }
   }
 
+  /** Throw `PRECONDITION_FAILED` unless the object at `target` satisfies `condition` (lock held). */
+  async function checkPrecondition(key: string, target: string, condition: PutCondition): Promise<void> {
+    let current: string | null;
+    try {
+      const st = await stat(target, { bigint: true });
+      if (st.isDirectory()) throw conflict(key, key);
+      current = infoOf(key, st).etag;
+    } catch (err) {
+      if (!MISSING.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      current = null;
+    }
+    const holds = 'ifMatch' in condition ? current === condition.ifMatch : current === null;
+    if (!holds) throw preconditionFailed(url, key, condition, current);
+  }
+
   /**
-   * The atomic write every put and copy goes through: `fill` writes the temporary file, then
-   * fsync, stamp, rename, fsync the folder. On any failure the temporary file is removed.
+   * The atomic write every put and copy goes through: `fill` writes the temporary file, fsync;
+   * then, under the key's lock, check the condition (if any), stamp, rename; then fsync the
+   * folder. On any failure the temporary file is removed.
    */
   async function writeAtomically(
     key: string,
     fill: (fh: FileHandle, tmp: string) => Promise<void>,
     signal?: AbortSignal,
+    condition?: PutCondition,
   ): Promise<ObjectInfo> {
     const target = pathOf(key);
     const existing = await lstat(target).catch(() => undefined);
     if (existing?.isDirectory()) throw conflict(key, key);
     const { dir, tmp, fh } = await openTemp(key);
     let handleOpen = true;
+    let lock: KeyLock | null = null;
     try {
       await fill(fh, tmp);
       await fh.sync();
-      const st = await stampMtime(fh, target);
+      let st: BigIntStats;
+      for (;;) {
+        // The folder holds our temporary file, so it exists and the lock can be taken.
+        lock = await acquireLock(key);
+        if (!lock) throw storageError('put', `key "${key}"`, Object.assign(new Error(`the folder ${dir} disappeared`), { code: 'ENOENT' }));
+        if (condition) await checkPrecondition(key, target, condition);
+        st = await stampMtime(fh, target);
+        // Taken over as stale while we were descheduled: whoever holds it may be writing, so start over.
+        if (await holdsLock(lock)) break;
+        lock = null;
+      }
       await fh.close();
       handleOpen = false;
       // The last moment an abort can still be honoured: after the rename the new object is live.
@@ -190,9 +368,12 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
         if (code === 'EISDIR' || code === 'ENOTEMPTY' || code === 'EEXIST') throw conflict(key, key, err);
         throw err;
       }
+      await releaseLock(lock);
+      lock = null;
       await syncDir(dir);
       return infoOf(key, st);
     } catch (err) {
+      if (lock) await releaseLock(lock).catch(() => undefined);
       if (handleOpen) await fh.close().catch(() => undefined);
       await rm(tmp, { force: true }).catch((rmErr: unknown) => {
         logger.warn({ tmp, err: errorMessage(rmErr) }, 'fs store: could not remove a temporary file');
@@ -203,10 +384,12 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
 
   async function put(key: string, body: PutBody, options?: PutOptions): Promise<ObjectInfo> {
     const signal = options?.signal;
+    let condition: PutCondition | undefined;
     try {
       checkOpen();
       assertValidKey(key);
       assertBody(key, body);
+      condition = checkCondition(key, options);
       signal?.throwIfAborted();
     } catch (err) {
       if (body instanceof Readable) body.destroy();
@@ -222,6 +405,7 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
           await writeFile(fh, body, signal ? { signal } : {});
         },
         signal,
+        condition,
       );
     } catch (err) {
       if (body instanceof Readable && !body.destroyed) body.destroy();
@@ -331,6 +515,10 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
       // by hand with names no key can have) are not objects of this store.
       const folder = entry.isDirectory();
       if (!folder && !entry.isFile()) continue;
+      if (!folder && entry.name.startsWith(RESERVED_SEGMENT_PREFIX)) {
+        await sweepStaleTemp(path.join(dir, entry.name));
+        continue;
+      }
       if (!isValidKey(dirKey + entry.name)) continue;
       candidates.push({ name: entry.name, folder, order: Buffer.from(dirKey + entry.name + (folder ? '/' : ''), 'utf8') });
     }
@@ -354,8 +542,17 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
     checkOpen();
     assertValidKey(key);
     try {
-      await unlink(pathOf(key));
+      // Under the key's lock, so that a conditional put cannot check, lose the object to this
+      // delete, and then resurrect it.
+      const lock = await acquireLock(key);
+      if (!lock) return;
+      try {
+        await unlink(pathOf(key));
+      } finally {
+        await releaseLock(lock);
+      }
     } catch (err) {
+      if (err instanceof BoothError) throw err;
       const code = (err as NodeJS.ErrnoException).code ?? '';
       if (MISSING.has(code)) return;
       // A folder at the key is not an object: nothing to delete, as for a missing key. (Linux
@@ -419,6 +616,50 @@ export function createFsStore(options: FsStoreOptions): ObjectStore {
       closed = true;
     },
   };
+}
+
+/** The owner recorded in a lock file, or null when it is empty or damaged. */
+function parseOwner(text: string): LockOwner | null {
+  try {
+    const v = JSON.parse(text) as Partial<LockOwner> | null;
+    return v && typeof v.pid === 'number' && typeof v.host === 'string' && typeof v.token === 'string' ? (v as LockOwner) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Whether a process with this pid exists on this host (EPERM: it does, under another user). */
+function pidAlive(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * How old a temporary file must be before a listing removes it. A put in progress writes to its
+ * temporary file all along (its mtime stays fresh); one an hour old was left by a process killed
+ * mid-put (SIGKILL, power loss) and will never be renamed.
+ */
+export const STALE_TEMP_MS = 60 * 60 * 1000;
+
+/**
+ * The sweeper of what killed puts leave behind: `list` passes every `.booth-tmp-*` file it meets
+ * here, and one untouched for {@link STALE_TEMP_MS} is deleted, so leftovers go away with the
+ * next listing of their folder instead of filling the disk. Lock files (`.booth-tmp-lock-*`) have
+ * their own recovery and are left alone. Best effort: a failure only leaves the file for later.
+ */
+async function sweepStaleTemp(file: string): Promise<void> {
+  if (path.basename(file).startsWith(`${RESERVED_SEGMENT_PREFIX}lock-`)) return;
+  try {
+    const st = await stat(file);
+    if (Date.now() - st.mtimeMs > STALE_TEMP_MS) await unlink(file);
+  } catch {
+    // Renamed into place or removed by its writer meanwhile: nothing to sweep.
+  }
 }
 
 /** The store's view of one file. */

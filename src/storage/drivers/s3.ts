@@ -8,8 +8,12 @@
  * the parts already sent are discarded (`AbortMultipartUpload`) before `put` rejects; a process
  * killed mid-upload leaves them behind, so give the bucket an `AbortIncompleteMultipartUpload`
  * lifecycle rule. Credentials come from the standard AWS chain (environment, shared config,
- * SSO, instance or container roles) unless given. Left out: server-side copies above 5 GiB (S3
- * refuses a single `CopyObject` that large), object versions and storage classes.
+ * SSO, instance or container roles) unless given. Conditional puts (`ifMatch`, `ifNoneMatch`)
+ * send S3's `If-Match` / `If-None-Match` headers (AWS S3, MinIO, Cloudflare R2 and Ceph RGW
+ * evaluate them atomically); they always go up in one `PutObject`, so a conditional body is
+ * limited to the single-request size (`multipartThreshold`, at least 5 MiB) — manifests are a few
+ * KiB. Left out: server-side copies above 5 GiB (S3 refuses a single `CopyObject` that large),
+ * conditional multipart uploads, object versions and storage classes.
  */
 import { addAbortSignal, Readable } from 'node:stream';
 import type * as S3Sdk from '@aws-sdk/client-s3';
@@ -18,7 +22,7 @@ import { BoothError, errorMessage } from '../../errors.js';
 import { createLogger, type Logger } from '../../log.js';
 import { assertValidKey, assertValidPrefix, isValidKey, MAX_KEY_BYTES } from '../keys.js';
 import type { GetOptions, ListOptions, ListPage, ObjectInfo, ObjectStore, PutBody, PutOptions } from '../types.js';
-import { assertBody, checkCursor, checkLimit, checkRange, closedError } from './shared.js';
+import { assertBody, checkCondition, checkCursor, checkLimit, checkRange, closedError, preconditionFailed, type PutCondition } from './shared.js';
 
 /** S3's smallest part (except the last). */
 const MIN_PART_SIZE = 5 * 1024 * 1024;
@@ -194,27 +198,109 @@ export async function createS3Store(options: S3StoreOptions): Promise<ObjectStor
     return info;
   }
 
+  /**
+   * The info of the version a single `PutObject` wrote. The response's ETag is authoritative: a
+   * HEAD right after may already see another writer's version, and reporting that etag would let
+   * the caller's next `ifMatch` overwrite a change it never saw.
+   */
+  async function infoOfPut(key: string, size: number, etag: string | undefined): Promise<ObjectInfo> {
+    if (etag === undefined) return infoAfterWrite('put', key);
+    const own = unquote(etag);
+    const info = await head(key);
+    return info && info.etag === own ? info : { key, size, etag: own, mtime: new Date() };
+  }
+
+  /** Read a conditional put's stream body into memory, refusing one over the single-request limit. */
+  async function collect(key: string, body: Readable, limit: number, signal: AbortSignal | undefined): Promise<Buffer> {
+    if (signal) addAbortSignal(signal, body);
+    const chunks: Buffer[] = [];
+    let size = 0;
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer | string>) {
+        const bytes = typeof chunk === 'string' ? Buffer.from(chunk, 'utf8') : chunk;
+        size += bytes.byteLength;
+        if (size > limit) throw conditionalTooLarge(key, limit);
+        chunks.push(bytes);
+      }
+    } catch (err) {
+      if (!body.destroyed) body.destroy();
+      if (signal?.aborted) throw signal.reason;
+      if (err instanceof BoothError) throw err;
+      throw new BoothError('STORAGE', `put of ${location(key)} failed: the source stream failed: ${errorMessage(err)}; the previous object (if any) is intact`, {
+        cause: err,
+      });
+    }
+    return Buffer.concat(chunks);
+  }
+
+  function conditionalTooLarge(key: string, limit: number): BoothError {
+    return new BoothError(
+      'INVALID_ARGUMENT',
+      `conditional put of ${location(key)}: the body is over ${limit} bytes, the most this store sends in one request; ` +
+        'conditional writes are meant for small records such as manifests; write large objects without ifMatch/ifNoneMatch',
+    );
+  }
+
+  /** One conditional `PutObject`; a failed condition becomes `PRECONDITION_FAILED`. */
+  async function putConditional(key: string, bytes: Uint8Array, contentType: string, condition: PutCondition, signal: AbortSignal | undefined): Promise<ObjectInfo> {
+    let out: S3Sdk.PutObjectCommandOutput;
+    try {
+      out = await client.send(
+        new sdk.PutObjectCommand({
+          Bucket: bucket,
+          Key: fullKey(key),
+          Body: bytes,
+          ContentType: contentType,
+          ContentLength: bytes.byteLength,
+          ...('ifMatch' in condition ? { IfMatch: quote(condition.ifMatch) } : { IfNoneMatch: '*' }),
+        }),
+        signal ? { abortSignal: signal } : {},
+      );
+    } catch (err) {
+      if (signal?.aborted) throw signal.reason;
+      // 412 PreconditionFailed: the condition does not hold. 409 ConditionalRequestConflict: a
+      // concurrent write of the key won the race. 404 under If-Match: the object is gone (S3
+      // answers NoSuchKey where some compatible services answer 412).
+      const status = statusOf(err);
+      const name = errorName(err);
+      if (status === 412 || name === 'PreconditionFailed' || status === 409 || name === 'ConditionalRequestConflict') {
+        throw preconditionFailed(url, key, condition, undefined, err);
+      }
+      if ('ifMatch' in condition && isNotFound(err) && name !== 'NoSuchBucket') throw preconditionFailed(url, key, condition, null, err);
+      throw new BoothError('STORAGE', `${storageError('put', key, err).message}; the previous object (if any) is intact`, { cause: err });
+    }
+    return infoOfPut(key, bytes.byteLength, out.ETag);
+  }
+
   async function put(key: string, body: PutBody, options?: PutOptions): Promise<ObjectInfo> {
     const signal = options?.signal;
+    let condition: PutCondition | undefined;
     try {
       checkKey(key);
       assertBody(key, body);
+      condition = checkCondition(key, options);
       signal?.throwIfAborted();
     } catch (err) {
       if (body instanceof Readable) body.destroy();
       throw err;
     }
     const contentType = options?.contentType ?? 'application/octet-stream';
+    if (condition) {
+      const limit = Math.max(multipartThreshold, MIN_PART_SIZE);
+      const bytes = body instanceof Readable ? await collect(key, body, limit, signal) : typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
+      if (bytes.byteLength > limit) throw conditionalTooLarge(key, limit);
+      return putConditional(key, bytes, contentType, condition, signal);
+    }
     let source: Readable;
     try {
       if (!(body instanceof Readable)) {
         const bytes = typeof body === 'string' ? Buffer.from(body, 'utf8') : body;
         if (bytes.byteLength <= multipartThreshold) {
-          await client.send(
+          const out = await client.send(
             new sdk.PutObjectCommand({ Bucket: bucket, Key: fullKey(key), Body: bytes, ContentType: contentType, ContentLength: bytes.byteLength }),
             signal ? { abortSignal: signal } : {},
           );
-          return await infoAfterWrite('put', key);
+          return await infoOfPut(key, bytes.byteLength, out.ETag);
         }
         source = Readable.from(slices(bytes, partSize), { objectMode: false });
       } else {
@@ -424,6 +510,10 @@ function statusOf(err: unknown): number | undefined {
 function isNotFound(err: unknown): boolean {
   const name = errorName(err);
   return name === 'NoSuchKey' || name === 'NotFound' || name === 'NoSuchUpload' || (name !== 'NoSuchBucket' && statusOf(err) === 404);
+}
+
+function quote(etag: string): string {
+  return /^(W\/)?".*"$/.test(etag) ? etag : `"${etag}"`;
 }
 
 function unquote(etag: string): string {

@@ -5,7 +5,7 @@
  */
 import { Readable } from 'node:stream';
 import { BoothError } from '../../errors.js';
-import type { ByteRange, PutBody } from '../types.js';
+import type { ByteRange, PutBody, PutOptions } from '../types.js';
 
 /** Default and maximum page size of `list`, as on S3. */
 export const MAX_PAGE = 1000;
@@ -96,4 +96,64 @@ export function assertBody(key: string, body: unknown): asserts body is PutBody 
  */
 export function closedError(url: string): BoothError {
   return new BoothError('STORAGE', `the store ${url} is closed; open a new one with openStore()`);
+}
+
+/** The condition of a conditional put, validated. */
+export type PutCondition = { ifMatch: string } | { ifNoneMatch: '*' };
+
+/**
+ * Validate a put's conditional-write options (JavaScript callers can pass anything).
+ *
+ * @param key - the key being written, for the message
+ * @param options - the caller's put options
+ * @returns the condition, or undefined for an unconditional put
+ * @throws BoothError `INVALID_ARGUMENT` for both conditions at once, an `ifMatch` that is not a
+ *   non-empty string, or an `ifNoneMatch` other than `'*'`
+ * @example
+ * checkCondition('a', { ifMatch: info.etag }); // { ifMatch: '…' }
+ */
+export function checkCondition(key: string, options: PutOptions | undefined): PutCondition | undefined {
+  const ifMatch: unknown = options?.ifMatch;
+  const ifNoneMatch: unknown = options?.ifNoneMatch;
+  if (ifMatch !== undefined && ifNoneMatch !== undefined) {
+    throw new BoothError('INVALID_ARGUMENT', `put of key "${key}": give either "ifMatch" or "ifNoneMatch", not both`);
+  }
+  if (ifMatch !== undefined) {
+    if (typeof ifMatch !== 'string' || ifMatch === '') {
+      throw new BoothError('INVALID_ARGUMENT', `put of key "${key}": option "ifMatch" must be the etag that head, list or put reported, got ${JSON.stringify(ifMatch)}`);
+    }
+    return { ifMatch };
+  }
+  if (ifNoneMatch !== undefined) {
+    if (ifNoneMatch !== '*') {
+      throw new BoothError('INVALID_ARGUMENT', `put of key "${key}": option "ifNoneMatch" must be '*' (create only if absent), got ${JSON.stringify(ifNoneMatch)}`);
+    }
+    return { ifNoneMatch: '*' };
+  }
+  return undefined;
+}
+
+/**
+ * The error of a conditional put whose condition did not hold.
+ *
+ * @param url - the store's URL
+ * @param key - the key written
+ * @param condition - the condition that failed
+ * @param current - what the store holds now, when the driver knows it: an etag, or null for no object
+ * @returns a `PRECONDITION_FAILED` error naming the key and what to do
+ * @example
+ * throw preconditionFailed(url, key, { ifNoneMatch: '*' }, existing.etag);
+ */
+export function preconditionFailed(url: string, key: string, condition: PutCondition, current?: string | null, cause?: unknown): BoothError {
+  const why =
+    'ifMatch' in condition
+      ? current === null
+        ? `it was expected at version "${condition.ifMatch}" but no longer exists`
+        : `it changed since it was read (expected version "${condition.ifMatch}"${current !== undefined ? `, found "${current}"` : ''})`
+      : 'it already exists (ifNoneMatch "*": create only)';
+  return new BoothError(
+    'PRECONDITION_FAILED',
+    `conditional put of key "${key}" in ${url} was refused: ${why}; nothing was written. Read the object again, re-apply the change and write again`,
+    cause === undefined ? undefined : { cause },
+  );
 }
