@@ -11,6 +11,9 @@
  *   leaves its previous caption in place; hand captions are never touched.
  * - **restartable**: a run killed midway keeps every paid result in the cache; the manifest is
  *   saved once at the end, after the `.txt` objects it describes are written.
+ * - **concurrent edits survive**: the results are merged into the freshest manifest when it is
+ *   saved ({@link SessionStore.update}), photo by photo, so a trigger change, a crop or a photo
+ *   added while a run was going is kept, and a hand caption set meanwhile wins over the run's.
  * Also here: hand edits ({@link setHandCaption}), the dry-run estimate, and Batch API mode
  * ({@link captionSessionBatch}) whose batch id lives in the manifest so polling resumes after a restart.
  */
@@ -130,6 +133,14 @@ class Run {
   readonly usage = { inputTokens: 0, outputTokens: 0, costUsd: 0 as number | null, requests: 0 };
   /** Batch results to store in the cache before the manifest is saved. */
   pendingCache: Array<{ planned: Planned; result: CaptionResult }> = [];
+  /** Photos whose caption fields this run changed (merged into the fresh manifest on commit). */
+  readonly touched = new Set<string>();
+  /** Of those, the ones a person set by hand: they win even over a hand caption set meanwhile. */
+  readonly byHand = new Set<string>();
+  /** Whether this run changed `captioning` (the pending batch). */
+  captioningChanged = false;
+  /** The input file of the batch this run collected, whose record it clears. */
+  private collected: string | null = null;
   constructor(
     readonly sessions: SessionStore,
     readonly manifest: SessionManifest,
@@ -175,6 +186,7 @@ class Run {
     p.photo.captionSource = r.source;
     p.photo.captionMeta = meta;
     p.photo.captionError = null;
+    this.touched.add(p.photo.sha256);
     if (billed) {
       this.usage.inputTokens += billed.inputTokens;
       this.usage.outputTokens += billed.outputTokens;
@@ -188,6 +200,7 @@ class Run {
 
   fail(photo: PhotoRecord, message: string): void {
     photo.captionError = message;
+    this.touched.add(photo.sha256);
     this.logger.warn({ photo: photo.name, err: message }, 'photo not captioned');
     this.report(photo, 'failed');
   }
@@ -207,16 +220,67 @@ class Run {
     await putJson(this.sessions.store, cacheKeyOf(this.manifest.name, p.cacheKey), entry);
   }
 
-  /** Write every accepted photo's caption as its dataset `.txt`, re-render the sheet (unless told not to), save. */
-  async commit(review = true): Promise<SessionManifest> {
+  /** Record a newly submitted batch, to be saved with the run. */
+  setBatch(batch: CaptionBatch): void {
+    this.manifest.captioning = { batch };
+    this.captioningChanged = true;
+  }
+
+  /** Record that `batch` was collected: its record is cleared when the run is saved. */
+  clearBatch(batch: CaptionBatch): void {
+    this.manifest.captioning = { batch: null };
+    this.collected = batch.inputFileId;
+    this.captioningChanged = true;
+  }
+
+  /**
+   * Save: merge this run's caption results and batch into the freshest manifest, write every
+   * accepted photo's caption of that manifest as its dataset `.txt` before the manifest that
+   * describes them, then re-render the contact sheet from what was saved (unless told not to).
+   * @param ifMatch - save only over this version of the manifest (else merge into whatever is current)
+   * @throws BoothError `CONFLICT` when another batch was recorded meanwhile; `PRECONDITION_FAILED` (with `ifMatch`)
+   */
+  async commit(review = true, ifMatch?: string): Promise<SessionManifest> {
     const store = this.sessions.store;
-    for (const photo of this.manifest.photos) {
-      if (photo.status !== 'accepted' || !photo.datasetKey || photo.caption === null) continue;
-      const stem = path.posix.basename(photo.datasetKey, '.png');
-      await store.put(this.keys.datasetCaption(stem), `${photo.caption}\n`, { contentType: 'text/plain; charset=utf-8' });
-    }
-    if (review) await rerenderContactSheet(this.sessions, this.manifest);
-    return this.sessions.save(this.manifest);
+    const ours = this.manifest;
+    const saved = await this.sessions.update(
+      ours.name,
+      async (fresh) => {
+        for (const sha of this.touched) {
+          const mine = ours.photos.find((p) => p.sha256 === sha);
+          const theirs = fresh.photos.find((p) => p.sha256 === sha);
+          // Removed meanwhile: its caption goes with it.
+          if (!mine || !theirs) continue;
+          // A person captioned it by hand while the run went on: theirs wins over a captioner's.
+          if (theirs.captionSource === 'hand' && !this.byHand.has(sha)) continue;
+          theirs.caption = mine.caption;
+          theirs.captionSource = mine.captionSource;
+          theirs.captionMeta = mine.captionMeta ?? null;
+          theirs.captionError = mine.captionError ?? null;
+        }
+        if (this.captioningChanged) {
+          const mine = ours.captioning?.batch ?? null;
+          const theirs = fresh.captioning?.batch ?? null;
+          if (mine && theirs && theirs.inputFileId !== mine.inputFileId) {
+            throw new BoothError(
+              'CONFLICT',
+              `session "${ours.name}" got caption batch ${theirs.id ?? theirs.inputFileId} from another process while this one was submitted; collect it with \`booth caption ${ours.name} --batch\``,
+            );
+          }
+          // Clear only the batch collected here, not one another process submitted since.
+          if (mine || !theirs || theirs.inputFileId === this.collected) fresh.captioning = { batch: structuredClone(mine) };
+        }
+        for (const photo of fresh.photos) {
+          if (photo.status !== 'accepted' || !photo.datasetKey || photo.caption === null) continue;
+          const stem = path.posix.basename(photo.datasetKey, '.png');
+          await store.put(this.keys.datasetCaption(stem), `${photo.caption}\n`, { contentType: 'text/plain; charset=utf-8' });
+        }
+        return fresh;
+      },
+      { what: 'the captions', ...(ifMatch !== undefined ? { ifMatch } : {}) },
+    );
+    if (review) await rerenderContactSheet(this.sessions, saved);
+    return saved;
   }
 
   result(captioner: { source: 'offline' | 'model'; model: string | null; style: string }, started: number, extra: Partial<CaptionReport> = {}): CaptionReport {
@@ -409,6 +473,11 @@ export interface HandCaptionOptions {
   tokenizer?: ClipTokenizer | null;
   /** Re-render the contact sheet (default true). */
   review?: boolean;
+  /**
+   * Apply only to this version of the manifest (its etag, e.g. from an HTTP `If-Match`);
+   * otherwise the edit is merged into whatever version is current.
+   */
+  ifMatch?: string;
 }
 
 /**
@@ -417,15 +486,19 @@ export interface HandCaptionOptions {
  * @param which - the photo's file name or a SHA-256 prefix
  * @returns the photo's report line (with the token count and warning)
  * @throws BoothError `INVALID_ARGUMENT` for an unknown photo, empty or oversized text, control
- *   characters, or (with `check`) text without `<trigger> <class>` exactly once
+ *   characters, or (with `check`) text without `<trigger> <class>` exactly once;
+ *   `PRECONDITION_FAILED` when `ifMatch` is not the current version
  * @example await setHandCaption(sessions, 'alice', '01.jpg', 'a photo of ohwx woman laughing on a beach');
  */
 export async function setHandCaption(sessions: SessionStore, name: string, which: string, text: string | null, options: HandCaptionOptions = {}): Promise<CaptionPhotoReport> {
   const manifest = await sessions.get(name);
   const photo = findPhoto(manifest, which);
   const tokenizer = options.tokenizer ?? null;
+  const run = new Run(sessions, manifest, tokenizer, silentLogger());
   if (text === null) {
     if (photo.captionSource === 'hand') {
+      run.touched.add(photo.sha256);
+      run.byHand.add(photo.sha256);
       photo.caption = photo.status === 'accepted' ? renderTemplateCaption(manifest.settings.captionTemplate, manifest.subject) : null;
       photo.captionSource = photo.caption === null ? null : 'template';
       photo.captionMeta = null;
@@ -452,9 +525,10 @@ export async function setHandCaption(sessions: SessionStore, name: string, which
     photo.captionSource = 'hand';
     photo.captionMeta = { model: null, style: null, image: null, cacheKey: null, flags: [], tokens, usage: null, at: new Date().toISOString() };
     photo.captionError = null;
+    run.touched.add(photo.sha256);
+    run.byHand.add(photo.sha256);
   }
-  const run = new Run(sessions, manifest, tokenizer, silentLogger());
-  await run.commit(options.review ?? true);
+  await run.commit(options.review ?? true, options.ifMatch);
   run.report(photo, photo.captionSource === 'hand' ? 'hand' : 'unchanged');
   return run.reports.get(photo.sha256) as CaptionPhotoReport;
 }
@@ -543,7 +617,7 @@ export async function captionSessionBatch(sessions: SessionStore, name: string, 
       requests,
     };
     // Recorded before the batch exists: a crash now is recovered by finding the batch by its input file.
-    manifest.captioning = { batch: pending };
+    run.setBatch(pending);
     for (const p of todo) run.report(p.photo, 'submitted');
     await run.commit(false);
     manifest = await sessions.get(name);
@@ -562,8 +636,16 @@ export async function captionSessionBatch(sessions: SessionStore, name: string, 
         captioner.client.batches.create({ input_file_id: batchOf.inputFileId, endpoint: '/v1/chat/completions', completion_window: '24h', metadata: { booth_session: name } }),
       ));
     batchOf.id = batch.id;
-    manifest.captioning = { batch: batchOf };
-    manifest = await sessions.save(manifest);
+    manifest = await sessions.update(
+      name,
+      (m) => {
+        const recorded = m.captioning?.batch ?? null;
+        // Another process may have created (or collected) it meanwhile; only fill in our own record.
+        if (recorded && recorded.inputFileId === batchOf.inputFileId) recorded.id = batch.id;
+        return m;
+      },
+      { what: 'the caption batch id' },
+    );
     logger.info({ batch: batch.id, requests: batchOf.requests.length }, 'caption batch submitted');
   }
   const id = batchOf.id as string;
@@ -591,7 +673,7 @@ export async function captionSessionBatch(sessions: SessionStore, name: string, 
     const run = new Run(sessions, manifest, options.tokenizer ?? null, logger);
     applyBatch(run, batchOf, lines, batch.status, captioner);
     for (const p of run.pendingCache) await run.writeCache(p.planned, captioner.fingerprint, batchOf.style, p.result);
-    manifest.captioning = { batch: null };
+    run.clearBatch(batchOf);
     await run.commit(options.review ?? true);
     return run.result({ ...who, model: batchOf.model, style: batchOf.style }, started, { batch: state });
   }

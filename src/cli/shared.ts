@@ -44,7 +44,7 @@ export function createCli(program: Command): Cli {
         const opts = program.opts<GlobalOptions>();
         const logger = createLogger(opts.logLevel);
         const store = await openStore(opts.store);
-        return { store, sessions: new SessionStore(store), logger };
+        return { store, sessions: new SessionStore(store, { logger }), logger };
       })();
       return opened;
     },

@@ -9,6 +9,10 @@
  * 4. **review**: render the contact sheet (PNG + self-contained HTML) into `review/`;
  * then save the manifest once, atomically, and remove dataset objects nothing refers to.
  *
+ * Concurrent edits survive: the results are merged photo by photo into the freshest manifest
+ * when it is saved (see {@link mergePrepared}), so a trigger change, a crop, a decision or a photo
+ * made or added while prepare ran is kept (the session then stays `created`: prepare again).
+ *
  * Restartable and idempotent: every object is written atomically before the manifest refers to
  * it; analyses are cached by content hash, so a run killed at any moment and started again
  * re-does at most the photo in flight, and produces the same result as an uninterrupted run.
@@ -19,7 +23,7 @@ import type { Logger } from '../log.js';
 import { silentLogger } from '../log.js';
 import { listAll, putJson, readAll, readJson } from '../storage/index.js';
 import { renderTemplateCaption } from '../captions/template.js';
-import type { PhotoCheck, PhotoRecord } from '../sessions/manifest.js';
+import type { PhotoCheck, PhotoRecord, SessionManifest } from '../sessions/manifest.js';
 import { sessionKeys, type SessionStore } from '../sessions/store.js';
 import { photoEntry, renderContactSheetHtml, renderContactSheetPng, type ContactSheetEntry } from './contact-sheet.js';
 import { planFaceCrop, planSalientCrop, renderCrop } from './crop.js';
@@ -87,6 +91,8 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
   const store = sessions.store;
   const keys = sessionKeys(name);
   const manifest = await sessions.get(name);
+  // What the run started from: the inputs that decide whether its result is still current.
+  const snapshot = structuredClone(manifest);
   if (options.framing) manifest.settings.framing = options.framing;
   if (options.identity) manifest.settings.identity = options.identity;
   const { settings, subject } = manifest;
@@ -177,7 +183,6 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
   const caption = renderTemplateCaption(settings.captionTemplate, subject);
   const hashes: Array<{ sha256: string; name: string; hash: bigint }> = [];
   const entries: ContactSheetEntry[] = [];
-  const liveDatasetKeys = new Set<string>();
   let done = 0;
   const ordered = manifest.photos;
   for (const photo of ordered) {
@@ -204,11 +209,18 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
 
   manifest.state = 'prepared';
   manifest.prepared = { at: new Date().toISOString(), contactSheet: { png: keys.contactSheetPng, html: keys.contactSheetHtml }, counts };
-  await sessions.save(manifest);
+  const saved = await sessions.update(name, (fresh) => mergePrepared(fresh, snapshot, manifest, options), { what: 'the prepared photos' });
 
-  // Only now that the manifest no longer names them is it safe to drop stale dataset objects.
+  // Only now that the manifest no longer names them is it safe to drop stale dataset objects
+  // (those of photos removed while prepare ran included).
+  const referenced = new Set<string>();
+  for (const p of saved.photos) {
+    if (p.datasetKey === null) continue;
+    const stem = p.datasetKey.slice(keys.datasetPrefix.length).replace(/\.png$/, '');
+    referenced.add(p.datasetKey).add(keys.datasetCaption(stem));
+  }
   for await (const info of listAll(store, keys.datasetPrefix)) {
-    if (!liveDatasetKeys.has(info.key)) await store.delete(info.key);
+    if (!referenced.has(info.key)) await store.delete(info.key);
   }
 
   return {
@@ -370,8 +382,6 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
         photo.captionSource = 'template';
       }
       await store.put(keys.datasetCaption(stem), `${photo.caption}\n`, { contentType: 'text/plain; charset=utf-8' });
-      liveDatasetKeys.add(keys.datasetImage(stem));
-      liveDatasetKeys.add(keys.datasetCaption(stem));
       photo.datasetKey = keys.datasetImage(stem);
       result = png;
     }
@@ -382,6 +392,77 @@ export async function prepareSession(sessions: SessionStore, name: string, optio
   function entryFor(photo: PhotoRecord, preview: Buffer | null, result: Buffer | null): ContactSheetEntry {
     return photoEntry(photo, preview, result);
   }
+}
+
+/** Fields of a photo record that prepare computes (the rest is input: identity, decisions, hand crop). */
+const PREPARED_FIELDS = [
+  'status',
+  'reason',
+  'flags',
+  'checks',
+  'source',
+  'warnings',
+  'faces',
+  'face',
+  'faceScore',
+  'crop',
+  'cropStrategy',
+  'framing',
+  'framingAchieved',
+  'head',
+  'headInside',
+  'upscale',
+  'datasetKey',
+] as const satisfies ReadonlyArray<keyof PhotoRecord>;
+
+/** What a photo's preparation depends on besides the session's subject and settings. */
+function photoInputs(p: PhotoRecord): string {
+  return JSON.stringify([p.sha256, p.key, p.override, p.cropOverride ?? null]);
+}
+
+/**
+ * Merge a finished prepare run into the freshest manifest (inside `SessionStore.update`, so it
+ * may run more than once). Each photo that is still there gets the run's results; photos added
+ * meanwhile stay pending, removed ones stay removed; the subject, settings, decisions, hand
+ * crops and non-template captions of the fresh manifest win. The session is `prepared` only when
+ * nothing prepare depends on changed while it ran; otherwise it stays `created`, so that the next
+ * prepare redoes it.
+ * @param fresh - the manifest as stored now (a copy; modified and returned)
+ * @param started - the manifest as the run read it
+ * @param result - the run's manifest, with its results
+ * @param options - the run's framing/identity overrides, which it persists
+ * @returns `fresh` with the results merged in
+ */
+export function mergePrepared(fresh: SessionManifest, started: SessionManifest, result: SessionManifest, options: Pick<PrepareOptions, 'framing' | 'identity'>): SessionManifest {
+  // The run's explicit overrides are persisted on the fresh manifest too (a person asked for them).
+  const withOverrides = (m: SessionManifest): SessionManifest => {
+    if (options.framing) m.settings.framing = options.framing;
+    if (options.identity) m.settings.identity = options.identity;
+    return m;
+  };
+  const inputsOf = (m: SessionManifest) => JSON.stringify([m.subject, m.base, m.settings, m.photos.map(photoInputs)]);
+  withOverrides(fresh);
+  const unchanged = inputsOf(fresh) === inputsOf(withOverrides(structuredClone(started)));
+  const startedInputs = new Map(started.photos.map((p) => [p.sha256, photoInputs(p)]));
+  const results = new Map(result.photos.map((p) => [p.sha256, p]));
+  for (const photo of fresh.photos) {
+    const ours = results.get(photo.sha256);
+    // Added meanwhile, or decided or cropped by hand meanwhile: the run's result for it is stale
+    // and the edit made meanwhile is kept as it is.
+    if (!ours || startedInputs.get(photo.sha256) !== photoInputs(photo)) continue;
+    const target = photo as Record<string, unknown>;
+    for (const field of PREPARED_FIELDS) target[field] = structuredClone(ours[field]);
+    // Template captions are prepare's; a caption a captioner or a person wrote meanwhile is kept.
+    if (photo.captionSource === null || photo.captionSource === 'template') {
+      photo.caption = ours.caption;
+      photo.captionSource = ours.captionSource;
+      photo.captionMeta = ours.captionMeta ?? null;
+      photo.captionError = ours.captionError ?? null;
+    }
+  }
+  fresh.prepared = structuredClone(result.prepared);
+  fresh.state = unchanged ? 'prepared' : 'created';
+  return fresh;
 }
 
 /**

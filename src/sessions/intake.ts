@@ -7,6 +7,10 @@
  * Restartable: the original is stored before the manifest names it, and the manifest is saved
  * after every file, so a process killed at any moment loses at most the file in flight, and
  * running the same command again finishes the job without duplicates.
+ *
+ * Concurrent: each file is recorded by a {@link SessionStore.update} that adds it to the freshest
+ * manifest, so photos added at the same time by other processes, and edits made meanwhile, are
+ * kept; a photo that another process added first is reported as a duplicate.
  */
 import { createHash } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
@@ -107,6 +111,7 @@ function extensionFor(format: string): string {
  * const results = await addPhotos(sessions, 'alice', ['./photos']);
  */
 export async function addPhotos(sessions: SessionStore, name: string, inputs: string[], options: AddOptions = {}): Promise<AddResult[]> {
+  // Refreshed after every file; used to skip known duplicates early and for the target size.
   let manifest = await sessions.get(name);
   const keys = sessionKeys(name);
   const { files, problems } = await expandPaths(inputs);
@@ -186,9 +191,23 @@ export async function addPhotos(sessions: SessionStore, name: string, inputs: st
       record.source = { width: decoded.image.width, height: decoded.image.height, format: decoded.source.format, orientation: decoded.source.orientation };
       record.warnings = decoded.warnings;
     }
-    manifest.photos.push(record);
-    manifest.state = 'created';
-    manifest = await sessions.save(manifest);
+    let duplicateOf: string | null = null;
+    manifest = await sessions.update(
+      name,
+      (m) => {
+        // Another writer may have added the same bytes since we looked: then it is a duplicate.
+        const twin = m.photos.find((p) => p.sha256 === sha256);
+        duplicateOf = twin ? twin.name : null;
+        if (twin) return m;
+        m.photos.push(record);
+        m.state = 'created';
+        return m;
+      },
+      { what: `the new photo ${shown}` },
+    );
+    if (duplicateOf !== null) {
+      return { ...base, sha256, outcome: 'duplicate', reason: `same content as "${duplicateOf}" already in the session` };
+    }
     return {
       ...base,
       sha256,
