@@ -21,8 +21,9 @@
  *   always wrote): `If-None-Match: *` writes only when no object has the key, `If-Match: "<etag>"`
  *   only when the object exists with that ETag (`*` for any), else the answer is 412 with S3's
  *   `PreconditionFailed` error body and nothing is written; an `If-None-Match` other than `*` is
- *   501 `NotImplemented`, as on S3. Every write and delete of one key is serialised (the server is
- *   one process), so a condition is evaluated atomically with the write it guards, as S3 does.
+ *   501 `NotImplemented`, as on S3. Every request for one object (read, write, delete) is
+ *   serialised (the server is one process), so a condition is evaluated atomically with the write
+ *   it guards, and a read never sees a metadata file that a write is replacing, as on S3.
  *
  * This file is both the helper (imported by tests) and the child's program (run by Node's
  * built-in TypeScript type stripping), so it uses only erasable TypeScript syntax.
@@ -417,14 +418,16 @@ function drain(req: NodeJS.ReadableStream): Promise<void> {
 function conditionalWrites(store: FsStore): KoaMiddleware {
   const tails = new Map<string, Promise<void>>();
   return async (ctx, next) => {
-    if (ctx.method !== 'PUT' && ctx.method !== 'POST' && ctx.method !== 'DELETE') return next();
+    // Reads of an object join the queue too: s3rver rewrites an object's metadata file in place,
+    // so a HEAD or GET racing a write could see it empty (an etag of ""), which S3 never shows.
+    if (!['PUT', 'POST', 'DELETE', 'GET', 'HEAD'].includes(ctx.method)) return next();
     const [, rawBucket = '', ...rawKey] = ctx.path.split('/');
     const isPart = ctx.method === 'PUT' && ctx.query.partNumber !== undefined;
     if (rawKey.join('/') === '' || isPart) return next();
     const bucket = decodeURIComponent(rawBucket);
     const key = rawKey.map(decodeURIComponent).join('/');
 
-    // Serialise the writes of one key: each waits until the previous one has answered.
+    // Serialise the requests of one key: each waits until the previous one has answered.
     const id = `${bucket}/${key}`;
     const previous = tails.get(id) ?? Promise.resolve();
     let done = (): void => undefined;
