@@ -147,10 +147,10 @@ export async function exportRun(store: ObjectStore, session: string, options: Ex
   if (run === undefined) {
     run = (await completeRuns(store, session)).at(-1);
     if (run === undefined) throw new BoothError('NOT_FOUND', `session "${session}" has no run with a complete model (runs/<run>/model/COMPLETE); train first or wait for the run to finish`);
-  } else {
-    if (!(await store.head(runKeys(session, run).complete))) {
-      throw new BoothError('NOT_FOUND', `run "${run}" of session "${session}" has no complete model (runs/${run}/model/COMPLETE is missing); wait for training to finish or pick another run`);
-    }
+  }
+  const marker = await store.head(runKeys(session, run).complete);
+  if (!marker) {
+    throw new BoothError('NOT_FOUND', `run "${run}" of session "${session}" has no complete model (runs/${run}/model/COMPLETE is missing); wait for training to finish or pick another run`);
   }
   const name = options.name ?? `${session}-${run}`.replace(/[^A-Za-z0-9._-]/g, '-').slice(0, 100);
   if (!EXPORT_NAME_PATTERN.test(name)) throw new BoothError('INVALID_ARGUMENT', `export name ${JSON.stringify(name)} is not valid: use 1–100 letters, digits, '.', '_' or '-', starting with a letter or digit`);
@@ -166,6 +166,9 @@ export async function exportRun(store: ObjectStore, session: string, options: Ex
     spec.base?.predictionType ?? (arch === 'sd2' && resolution !== undefined ? (resolution >= 768 ? 'v_prediction' : 'epsilon') : undefined);
   const steps = status?.step ?? spec.steps ?? spec.maxSteps;
   const facts: Record<string, string> = {
+    // The model's date is when its marker was stored, not the time of the export: exporting the
+    // same run with the same options again (after a crash, or to check) gives the same bytes.
+    'modelspec.date': marker.mtime.toISOString().replace(/\.\d{3}Z$/, 'Z'),
     'booth.session': session,
     'booth.run': run,
     ...(spec.base?.model ? { 'booth.base_model': spec.base.model } : {}),

@@ -77,6 +77,9 @@ export async function uploadFolder(store: ObjectStore, dir: string, prefix: stri
   const hasMarker = files.includes(MARKER);
   const marker: CompleteMarker = { step, files: {} };
   let bytes = 0;
+  // Replacing a complete folder (a state re-saved after a resume, the model after `extend`): its
+  // old marker goes first, or readers would take the new files for the old ones, half replaced.
+  await store.delete(`${prefix}${MARKER}`);
   for (const rel of files) {
     if (rel === MARKER) continue;
     const r = await putFile(store, path.join(dir, rel), `${prefix}${rel}`);
@@ -100,8 +103,9 @@ export async function uploadFolder(store: ObjectStore, dir: string, prefix: stri
  * @param prefix - the state's prefix, e.g. `…/state/500/`
  * @param dest - local folder to create
  * @returns the parsed marker
- * @throws BoothError `INVALID_MANIFEST` when the marker is unreadable or a file's size or SHA-256
- *   differs from it (the state is corrupt: use an older one); `NOT_FOUND`/`STORAGE` from the store
+ * @throws BoothError `INVALID_MANIFEST` when the marker is unreadable, does not list exactly the
+ *   files stored under `prefix`, or a file's size or SHA-256 differs from it (the state is
+ *   corrupt: use an older one); `NOT_FOUND`/`STORAGE` from the store
  */
 export async function downloadVerifiedState(store: ObjectStore, prefix: string, dest: string): Promise<CompleteMarker> {
   let marker: CompleteMarker;
@@ -111,14 +115,34 @@ export async function downloadVerifiedState(store: ObjectStore, prefix: string, 
     if (err instanceof BoothError && err.code !== 'STORAGE') throw err;
     throw new BoothError('INVALID_MANIFEST', `resume state marker ${prefix}${MARKER} is unreadable (${errorMessage(err)})`, { cause: err });
   }
+  for (const rel of Object.keys(marker.files)) {
+    if (rel.split('/').some((seg) => seg === '' || seg === '.' || seg === '..')) {
+      throw new BoothError('INVALID_MANIFEST', `resume state ${prefix} lists an unsafe file name ${JSON.stringify(rel)}`);
+    }
+  }
+  // A damaged marker can still parse: one whose file list lost entries would pass every check
+  // below and hand the trainer a state with files missing. The marker is written last by the
+  // one uploader of the folder, so it must name exactly the files stored next to it.
+  const stored: string[] = [];
+  for await (const info of listAll(store, prefix)) {
+    const rel = info.key.slice(prefix.length);
+    if (rel !== MARKER) stored.push(rel);
+  }
+  const listed = Object.keys(marker.files).sort();
+  stored.sort();
+  if (listed.length === 0 || listed.join('\n') !== stored.join('\n')) {
+    const missing = stored.filter((f) => !listed.includes(f));
+    const extra = listed.filter((f) => !stored.includes(f));
+    throw new BoothError(
+      'INVALID_MANIFEST',
+      `resume state marker ${prefix}${MARKER} does not list the state's files (${listed.length === 0 ? 'it lists none' : [missing.length ? `not listed: ${missing.join(', ')}` : '', extra.length ? `listed but not stored: ${extra.join(', ')}` : ''].filter(Boolean).join('; ')}); the state is corrupt`,
+    );
+  }
   const tmp = `${dest}.partial`;
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
   try {
     for (const [rel, want] of Object.entries(marker.files)) {
-      if (rel.split('/').some((seg) => seg === '' || seg === '.' || seg === '..')) {
-        throw new BoothError('INVALID_MANIFEST', `resume state ${prefix} lists an unsafe file name ${JSON.stringify(rel)}`);
-      }
       const target = path.join(tmp, rel);
       await mkdir(path.dirname(target), { recursive: true });
       const { tap, result } = hashingTap();

@@ -11,7 +11,7 @@
  * rebuild. The trainer contract is docs/progress-protocol.md.
  */
 import { createReadStream, createWriteStream, type WriteStream } from 'node:fs';
-import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -54,7 +54,11 @@ export interface WorkerOptions {
   statusIntervalMs?: number;
   /** Interval between log uploads, in ms (default 2000). */
   logIntervalMs?: number;
-  /** Retries of a failed upload before it counts as failed (default 4; backoff 0.5 s × 2ⁿ). */
+  /**
+   * Retries of a failed upload, and of the final status write, before it counts as failed
+   * (default 4; backoff 0.5 s × 2ⁿ, so about 7.5 s of outage is ridden out). Once one upload has
+   * failed for good, later ones get a single try.
+   */
   uploadRetries?: number;
 }
 
@@ -76,6 +80,9 @@ export interface WorkerHandle {
 }
 
 const TAIL_LINES = 40;
+
+/** Backoff before retry `attempt` (0-based) of a store write: 0.5 s, 1 s, 2 s, 4 s, … */
+const retryDelayMs = (attempt: number): number => 500 * 2 ** attempt;
 
 /**
  * Starts a worker for one run.
@@ -185,6 +192,7 @@ class Worker {
       this.log = createWriteStream(this.logPath, { flags: 'a' });
       this.logTimer = setInterval(() => void this.uploadLog(), this.o.logIntervalMs);
       this.logTimer.unref();
+      await this.recoverEarlierLogs();
       // Carry what earlier attempts knew (loss curve, samples) so status stays whole across resumes.
       const previous = await this.runs.status(this.o.session, this.o.run).catch(() => null);
       if (previous) {
@@ -207,10 +215,21 @@ class Worker {
     this.status.state = result.state;
     this.status.message = result.message;
     this.status.finishedAt = new Date().toISOString();
-    try {
-      await this.writeStatusNow();
-    } catch (err) {
-      this.o.logger.error({ err: errorMessage(err) }, 'could not write the final status');
+    // The final status is what people and schedulers act on: it gets the same retries as an upload
+    // (a store outage at the very end must not leave the run showing `running`).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.writeStatusNow();
+        break;
+      } catch (err) {
+        if (attempt >= this.o.uploadRetries) {
+          this.o.logger.error({ err: errorMessage(err) }, 'could not write the final status');
+          break;
+        }
+        const delay = retryDelayMs(attempt);
+        this.o.logger.warn({ err: errorMessage(err), retryInMs: delay }, 'final status write failed; retrying');
+        await new Promise((r) => setTimeout(r, delay));
+      }
     }
     if (this.logTimer) clearInterval(this.logTimer);
     this.logLine(`[worker] ${result.state}: ${result.message}`);
@@ -395,10 +414,19 @@ class Worker {
         break;
       case 'resume_state': {
         const local = path.join(this.o.workDir, e.path);
-        await this.withRetry(`resume state ${e.step}`, () => uploadFolder(this.o.store, local, this.keys.state(e.step), e.step));
-        await pruneStoredStates(this.o.store, this.keys.statePrefix, this.spec.resumeState.keep);
-        s.resumeStates = await this.runs.resumeStates(this.o.session, this.o.run);
-        await this.pruneLocalStates(e.step);
+        const uploaded = await this.withRetry(`resume state ${e.step}`, () => uploadFolder(this.o.store, local, this.keys.state(e.step), e.step));
+        // The state is resumable from the moment its marker is stored, whatever happens next: the
+        // status (and the "resume continues from" hint) must say so even if the store goes away
+        // before the listing below.
+        if (uploaded !== undefined) s.resumeStates = [...new Set([...s.resumeStates, e.step])].sort((a, b) => a - b);
+        try {
+          await pruneStoredStates(this.o.store, this.keys.statePrefix, this.spec.resumeState.keep);
+          s.resumeStates = await this.runs.resumeStates(this.o.session, this.o.run);
+        } catch (err) {
+          // Pruning is housekeeping: the next state's pruning catches up.
+          this.o.logger.warn({ step: e.step, err: errorMessage(err) }, 'could not prune or list the stored resume states');
+        }
+        if (uploaded !== undefined) await this.pruneLocalStates(e.step);
         this.writeStatus(true);
         break;
       }
@@ -440,16 +468,20 @@ class Worker {
   }
 
   private async withRetry<T>(what: string, fn: () => Promise<T>): Promise<T | undefined> {
+    // Once one upload has failed for good the run ends `failed` whatever follows; later uploads
+    // still get one try each (a later state is a better resume point), but no backoff, so a long
+    // outage does not hold the worker for the full retry budget per file.
+    const retries = this.uploadFailure === null ? this.o.uploadRetries : 0;
     for (let attempt = 0; ; attempt++) {
       try {
         return await fn();
       } catch (err) {
-        if (attempt >= this.o.uploadRetries) {
-          this.uploadFailure = `${what}: ${errorMessage(err)}`;
+        if (attempt >= retries) {
+          this.uploadFailure ??= `${what}: ${errorMessage(err)}`;
           this.o.logger.error({ what, err: errorMessage(err) }, 'upload failed for good');
           return undefined;
         }
-        const delay = 500 * 2 ** attempt;
+        const delay = retryDelayMs(attempt);
         this.o.logger.warn({ what, err: errorMessage(err), retryInMs: delay }, 'upload failed; retrying');
         await new Promise((r) => setTimeout(r, delay));
       }
@@ -465,6 +497,27 @@ class Worker {
   private logLine(line: string): void {
     this.log?.write(`${line}\n`);
     this.logDirty = true;
+  }
+
+  /**
+   * A worker killed outright (SIGKILL, OOM killer) never uploads the last seconds of its log; its
+   * local copy is still in the work directory when the run resumes on the same host, so the
+   * store's copy is completed from it. Best effort: the run does not depend on old logs.
+   */
+  private async recoverEarlierLogs(): Promise<void> {
+    for (let attempt = 1; attempt < this.o.attempt; attempt++) {
+      const local = path.join(this.o.workDir, 'logs', `attempt-${attempt}.log`);
+      const size = await stat(local).then((st) => st.size, () => null);
+      if (size === null) continue;
+      try {
+        const stored = await this.o.store.head(this.keys.log(attempt));
+        if (stored && stored.size >= size) continue;
+        await this.o.store.put(this.keys.log(attempt), createReadStream(local), { contentType: 'text/plain; charset=utf-8' });
+        this.o.logger.info({ attempt, bytes: size - (stored?.size ?? 0) }, 'completed the stored log of an earlier attempt from the local copy');
+      } catch (err) {
+        this.o.logger.warn({ attempt, err: errorMessage(err) }, 'could not complete the log of an earlier attempt');
+      }
+    }
   }
 
   private async uploadLog(): Promise<void> {
