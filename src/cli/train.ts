@@ -7,7 +7,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
-import { errorMessage } from '../errors.js';
+import { BoothError, errorMessage, isBoothError } from '../errors.js';
 import { extendRun, resumeRun, runInfo, stopRun, trainSession, type LaunchResult, type ReconcileOptions, type RunInfo } from '../training/control.js';
 import { LAUNCHERS, existingLauncher, launcherByName, probeLaunch } from '../training/launchers/index.js';
 import { defaultWorkRoot, runWorkDir } from '../training/launchers/local.js';
@@ -237,10 +237,20 @@ export function registerTrainCommands(cli: Cli): void {
           usage(`--spec ${o.spec}: ${errorMessage(err)}`);
         }
       }
+      const file = o.spec;
+      // A person may keep several spec files: problems found in one name it.
+      const namingFile = async <T>(fn: () => Promise<T>): Promise<T> => {
+        try {
+          return await fn();
+        } catch (err) {
+          if (file !== undefined && isBoothError(err, 'INVALID_ARGUMENT') && err.message.startsWith('the spec ')) throw new BoothError('INVALID_ARGUMENT', `--spec ${file}: ${err.message}`, { cause: err });
+          throw err;
+        }
+      };
       const req = { ...(o.preset ? { preset: o.preset } : {}), ...(spec !== undefined ? { spec } : {}), set: o.set, ...(o.steps ? { steps: o.steps } : {}), ...(o.baseModel ? { baseModel: o.baseModel } : {}) };
       if (o.dryRun) {
         const { buildSpec } = await import('../training/control.js');
-        const built = await buildSpec(sessions, session, 'dry-run', req);
+        const built = await namingFile(() => buildSpec(sessions, session, 'dry-run', req));
         const est = estimateVramGb(built.spec);
         print(Boolean(o.json), { spec: built.spec, preset: built.preset, estimatedVramGb: est.gb, estimateTerms: est.terms }, () =>
           `${JSON.stringify(built.spec, null, 2)}\n\n${totalSteps(built.spec)} steps; estimated GPU memory ${est.gb} GiB (${Object.entries(est.terms).map(([k, v]) => `${k} ${v.toFixed(1)}`).join(', ')}). Nothing launched (--dry-run).`,
@@ -248,7 +258,7 @@ export function registerTrainCommands(cli: Cli): void {
         return;
       }
       const launcher = launcherFor(o.launcher ?? 'local', o.check ? [] : ['--no-check'], o);
-      launched(Boolean(o.json), await trainSession(store, sessions, launcher, session, req), session, 'Launched');
+      launched(Boolean(o.json), await namingFile(() => trainSession(store, sessions, launcher, session, req)), session, 'Launched');
     });
 
   program

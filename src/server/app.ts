@@ -22,14 +22,14 @@ import fastifySwagger from '@fastify/swagger';
 import fastifySwaggerUi from '@fastify/swagger-ui';
 import { jsonSchemaTransform, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import type { Logger } from '../log.js';
-import { silentLogger } from '../log.js';
+import { REDACT, redactingLogger, redactUrl, silentLogger } from '../log.js';
 import { SessionStore } from '../sessions/store.js';
 import type { ObjectStore } from '../storage/types.js';
 import { createLocalLauncher } from '../training/launchers/local.js';
 import type { PrepareOptions } from '../preprocess/pipeline.js';
 import { MAX_FILE_BYTES } from '../sessions/intake.js';
 import { bearerToken, createUrlSigner, signedPathOf, tokenMatches } from './auth.js';
-import type { LauncherFactory, LauncherName, ServerContext, SseOptions } from './context.js';
+import type { LauncherFactory, LauncherName, RouteSummary, ServerContext, SseOptions } from './context.js';
 import { ApiError, toApiError, type ErrorBody } from './errors.js';
 import { JobRegistry } from './jobs.js';
 import { Webhooks, type WebhookOptions } from './webhooks.js';
@@ -74,7 +74,17 @@ export interface AppOptions {
   captions?: { apiKey?: string | null; baseURL?: string | null };
   /** Look for runs in flight at start-up and watch them for webhooks (default true). */
   scanRuns?: boolean;
+  /**
+   * Close a connection that sends and receives nothing for this long, in ms (default
+   * {@link IDLE_TIMEOUT_MS}). It frees what a stalled client holds (an upload's temp folder and
+   * its session's upload lock) without cutting slow uploads or downloads that still move bytes;
+   * event streams stay open through their heartbeats, which must come more often than this.
+   */
+  idleTimeoutMs?: number;
 }
+
+/** Default idle-connection timeout: 2 minutes, 8 of the event stream's 15 s heartbeats. */
+export const IDLE_TIMEOUT_MS = 120_000;
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -92,9 +102,7 @@ function requestId(req: { headers: Record<string, string | string[] | undefined>
 }
 
 /** The URL as logged: signature and expiry masked, so a signed link in the log cannot be replayed. */
-function loggedUrl(url: string): string {
-  return url.replace(/([?&](?:sig|token|exp)=)[^&]*/g, '$1[redacted]');
-}
+const loggedUrl = redactUrl;
 
 /**
  * Build the server.
@@ -106,14 +114,22 @@ function loggedUrl(url: string): string {
  * await app.listen({ host: '127.0.0.1', port: 8080 });
  */
 export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
-  const logger = options.logger ?? silentLogger();
+  // Every log line of the server, the request logs and the background jobs' alike, goes through
+  // the redaction, whatever logger the caller handed in.
+  const logger = redactingLogger(options.logger ?? silentLogger());
   const token = options.token ? options.token : null;
+  const routes: RouteSummary[] = [];
   const app = fastify({
     loggerInstance: logger.child({}, {
-      redact: { paths: ['req.headers.authorization', 'req.headers.cookie', '*.secret', '*.token', 'secret', 'token'], censor: '[redacted]' },
+      redact: REDACT,
+      // fastify's own request serializer logs the raw URL, which holds the signature of a signed link.
+      serializers: { req: (req: { method?: string; url?: string; ip?: string }) => ({ method: req.method, url: loggedUrl(req.url ?? ''), remoteAddress: req.ip }) },
     }),
     genReqId: requestId,
     bodyLimit: 4 * 1024 * 1024,
+    // Fastify disables Node's timeouts by default, so a client that stops mid-upload would hold
+    // the session's upload lock for as long as it keeps the socket open.
+    connectionTimeout: options.idleTimeoutMs ?? IDLE_TIMEOUT_MS,
     trustProxy: false,
     routerOptions: { maxParamLength: 200 },
   }).withTypeProvider();
@@ -123,6 +139,8 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   // scripts; it asks for the token itself) are public, like /health.
   app.addHook('onRoute', (route) => {
     if (!route.url.startsWith('/api')) route.config = { ...(route.config as object), public: true };
+    const config = route.config as { public?: boolean; signable?: boolean } | undefined;
+    for (const method of [route.method].flat()) routes.push({ method, url: route.url, public: Boolean(config?.public), signable: Boolean(config?.signable) });
   });
 
   const launcher: LauncherFactory = options.launcher ?? ((name, o) => {
@@ -132,7 +150,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   const webhooks = new Webhooks(options.store, logger, { ...options.webhooks, reconcile: { probe: (l) => launcher(l.launcher).probe(l.handle) } });
   const ctx: ServerContext = {
     store: options.store,
-    sessions: new SessionStore(options.store),
+    sessions: new SessionStore(options.store, { logger }),
     logger,
     jobs: new JobRegistry(logger),
     signer: createUrlSigner(token),
@@ -142,6 +160,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     prepare: options.prepare ?? {},
     sse: { pollMs: 1000, heartbeatMs: 15_000, finalGraceMs: 2500, ...options.sse },
     captions: { apiKey: options.captions?.apiKey || null, baseURL: options.captions?.baseURL || null },
+    routes,
   };
 
   app.addHook('onRequest', async (req, reply) => {

@@ -97,15 +97,23 @@ export function createUrlSigner(token: string | null, now: () => number = Date.n
 }
 
 /**
- * The path a signature covers: the URL's path plus its query minus `exp` and `sig`, so a signed
- * download URL cannot be replayed against another object or with other parameters.
+ * The path a signature covers: the URL's path exactly as the request sent it (no dot-segment or
+ * percent-decoding normalisation, so `/a/x/../b` is not the `/a/b` that was signed) plus its query
+ * minus `exp` and `sig`, so a signed download URL cannot be replayed against another object or
+ * with other parameters. A repeated `sig` or `exp` yields none (the request is then refused).
  */
 export function signedPathOf(url: string): { path: string; sig: string | undefined; exp: string | undefined } {
-  const u = new URL(url, 'http://x');
-  const sig = u.searchParams.get('sig') ?? undefined;
-  const exp = u.searchParams.get('exp') ?? undefined;
-  u.searchParams.delete('sig');
-  u.searchParams.delete('exp');
-  const q = u.searchParams.toString();
-  return { path: `${u.pathname}${q ? `?${q}` : ''}`, sig, exp };
+  const cut = url.search(/[?#]/);
+  const rawPath = cut === -1 ? url : url.slice(0, cut);
+  const query = new URLSearchParams(cut === -1 || url[cut] === '#' ? '' : url.slice(cut + 1).split('#')[0]);
+  const one = (name: string): string | undefined => {
+    const all = query.getAll(name);
+    return all.length === 1 ? all[0] : undefined;
+  };
+  const sig = one('sig');
+  const exp = one('exp');
+  query.delete('sig');
+  query.delete('exp');
+  const q = query.toString();
+  return { path: `${rawPath}${q ? `?${q}` : ''}`, sig, exp };
 }

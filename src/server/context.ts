@@ -28,6 +28,18 @@ export interface SseOptions {
   finalGraceMs?: number;
 }
 
+/** One registered route, as the auth hook sees it. */
+export interface RouteSummary {
+  /** HTTP method (`GET`, `HEAD`, `POST`, …). */
+  method: string;
+  /** fastify's route pattern, e.g. `/api/sessions/:name`. */
+  url: string;
+  /** Served without the token (`/health`, `/docs`, the UI shell). */
+  public: boolean;
+  /** May be opened with a signed URL instead of the header (GET/HEAD only). */
+  signable: boolean;
+}
+
 /** Shared state of one app. */
 export interface ServerContext {
   store: ObjectStore;
@@ -48,4 +60,6 @@ export interface ServerContext {
   sse: Required<SseOptions>;
   /** Model captioning: the key and endpoint `booth serve` found (null: offline captions only). */
   captions: { apiKey: string | null; baseURL: string | null };
+  /** Every route the app registered, in registration order (filled while the app is built). */
+  routes: readonly RouteSummary[];
 }

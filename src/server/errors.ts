@@ -40,6 +40,7 @@ export const STATUS_OF: Readonly<Record<ApiErrorCode, number>> = {
   ENVIRONMENT: 503,
   CAPTION_FAILED: 502,
   CAPTION_SERVICE: 502,
+  PRECONDITION_FAILED: 412,
   UNAUTHORIZED: 401,
   RATE_LIMITED: 429,
   PAYLOAD_TOO_LARGE: 413,
@@ -87,6 +88,11 @@ const FASTIFY_STATUS_CODES: Readonly<Record<number, ApiErrorCode>> = {
   429: 'RATE_LIMITED',
 };
 
+/** At most 200 characters of a message part. */
+function clip(text: string): string {
+  return text.length > 200 ? `${text.slice(0, 199)}…` : text;
+}
+
 /**
  * Turn anything thrown into the status, code and message to send.
  * @param err - what a handler or hook threw
@@ -102,8 +108,9 @@ export function toApiError(err: unknown): { status: number; code: ApiErrorCode; 
   if (hasZodFastifySchemaValidationErrors(err)) {
     const first = err.validation[0];
     const where = err.validationContext ?? 'request';
-    const field = first ? first.instancePath.replace(/^\//, '').replaceAll('/', '.') : '';
-    const detail = first?.message ?? 'is invalid';
+    // Clipped: an unknown key or a bad value in the body can be megabytes long, and zod quotes it.
+    const field = clip(first ? first.instancePath.replace(/^\//, '').replaceAll('/', '.') : '');
+    const detail = clip(first?.message ?? 'is invalid');
     return {
       status: 400,
       code: 'INVALID_ARGUMENT',

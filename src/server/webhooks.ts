@@ -18,7 +18,7 @@
 import { createHmac, randomBytes, randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { BoothError, errorMessage, isBoothError } from '../errors.js';
-import type { Logger } from '../log.js';
+import { redactUrl, type Logger } from '../log.js';
 import { listAll, putJson, readJson } from '../storage/index.js';
 import type { ObjectStore } from '../storage/types.js';
 import { sessionKeys } from '../sessions/store.js';
@@ -130,6 +130,10 @@ export class Webhooks {
    * @returns the stored configuration (the caller shows the secret once)
    */
   async setConfig(session: string | null, input: { url: string; secret?: string | undefined; events?: WebhookEvent[] | undefined }): Promise<WebhookConfig> {
+    // fetch refuses URLs with user info, and they would put a password into every delivery record.
+    if (/^[A-Za-z][A-Za-z0-9+.-]*:\/\/[^/?#]*@/.test(input.url)) {
+      throw new BoothError('INVALID_ARGUMENT', `webhook field "url": ${JSON.stringify(redactUrl(input.url))} has credentials in it, which cannot be sent; the receiver should check the Booth-Webhook-Signature instead`);
+    }
     const previous = await this.config(session);
     const parsed = webhookConfigSchema.safeParse({
       url: input.url,
@@ -271,7 +275,8 @@ export class Webhooks {
     const payload = { id, type, createdAt, session, data };
     const body = JSON.stringify(payload);
     const key = `${deliveriesPrefix(session)}${createdAt.replace(/[^0-9]/g, '').slice(0, 17)}-${id}.json`;
-    const delivery: Delivery = { id, type, scope, url: config.url, session, createdAt, state: 'pending', attempts: [], payload };
+    // The record is listed by the API: the receiver URL's own credentials stay out of it.
+    const delivery: Delivery = { id, type, scope, url: redactUrl(config.url), session, createdAt, state: 'pending', attempts: [], payload };
     await putJson(this.store, key, delivery);
     for (let attempt = 1; attempt <= this.maxAttempts; attempt++) {
       const started = Date.now();
@@ -303,7 +308,7 @@ export class Webhooks {
       if (ok || !retryable || attempt === this.maxAttempts || this.closed) {
         delivery.state = ok ? 'delivered' : 'failed';
         await putJson(this.store, key, delivery);
-        if (!ok) this.logger.warn({ session, type, url: config.url, status, error, attempts: attempt }, 'webhook delivery failed');
+        if (!ok) this.logger.warn({ session, type, url: redactUrl(config.url), status, error, attempts: attempt }, 'webhook delivery failed');
         return;
       }
       await putJson(this.store, key, delivery);

@@ -10,7 +10,7 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BoothError, errorMessage } from '../errors.js';
-import type { Logger } from '../log.js';
+import { redactUrl, type Logger } from '../log.js';
 import { createFsStore } from './drivers/fs.js';
 import { createS3Store, type ChecksumMode, type S3StoreOptions } from './drivers/s3.js';
 import type { ListOptions, ObjectInfo, ObjectStore, PutOptions } from './types.js';
@@ -80,14 +80,14 @@ export function parseStorageUrl(url?: string, options: Pick<OpenStoreOptions, 'e
   if (scheme === 's3') return parseS3Url(setting, env, source);
   throw new BoothError(
     'UNSUPPORTED_STORAGE',
-    `${source} ${JSON.stringify(setting)} uses the unsupported scheme "${scheme}:"; use ${FORMS}`,
+    `${source} ${JSON.stringify(redactUrl(setting))} uses the unsupported scheme "${scheme}:"; use ${FORMS}`,
   );
 }
 
 function parseFileUrl(setting: string, cwd: string, source: string): string {
   const rest = setting.slice('file:'.length);
   if (!rest.startsWith('//')) {
-    throw new BoothError('INVALID_ARGUMENT', `${source} ${JSON.stringify(setting)} is not a file URL; use ${FORMS}`);
+    throw new BoothError('INVALID_ARGUMENT', `${source} ${JSON.stringify(redactUrl(setting))} is not a file URL; use ${FORMS}`);
   }
   const afterSlashes = rest.slice(2);
   // "file://./data" and "file://../data" are not URLs in the WHATWG sense (the host would be
@@ -100,7 +100,7 @@ function parseFileUrl(setting: string, cwd: string, source: string): string {
   } catch (err) {
     throw new BoothError(
       'INVALID_ARGUMENT',
-      `${source} ${JSON.stringify(setting)} is not a usable file URL (${errorMessage(err)}); use ${FORMS}`,
+      `${source} ${JSON.stringify(redactUrl(setting))} is not a usable file URL (${errorMessage(err)}); use ${FORMS}`,
       { cause: err },
     );
   }
@@ -110,7 +110,7 @@ function decode(value: string, setting: string, source: string): string {
   try {
     return decodeURIComponent(value);
   } catch (err) {
-    throw new BoothError('INVALID_ARGUMENT', `${source} ${JSON.stringify(setting)} has a malformed %-escape; write "%" as "%25"`, {
+    throw new BoothError('INVALID_ARGUMENT', `${source} ${JSON.stringify(redactUrl(setting))} has a malformed %-escape; write "%" as "%25"`, {
       cause: err,
     });
   }
@@ -120,21 +120,33 @@ function parseS3Url(setting: string, env: Record<string, string | undefined>, so
   if (/[?#]/.test(setting)) {
     throw new BoothError(
       'INVALID_ARGUMENT',
-      `${source} ${JSON.stringify(setting)} has a query or fragment, which s3:// settings do not take; ` +
+      `${source} ${JSON.stringify(redactUrl(setting))} has a query or fragment, which s3:// settings do not take; ` +
         'set the endpoint with BOOTH_S3_ENDPOINT and the region with AWS_REGION',
+    );
+  }
+  // Credentials in the URL would end up in shell history, process listings and every message
+  // that quotes the setting; S3 credentials come from the AWS chain instead.
+  if (/^s3:\/\/[^/]*@/i.test(setting)) {
+    throw new BoothError(
+      'INVALID_ARGUMENT',
+      `${source} ${JSON.stringify(redactUrl(setting))} has credentials in it, which s3:// settings do not take; ` +
+        'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) in the environment instead',
     );
   }
   const m = /^s3:\/\/([^/]*)\/*(.*)$/i.exec(setting);
   const bucket = m?.[1] ?? '';
   if (!m || bucket === '') {
-    throw new BoothError('INVALID_ARGUMENT', `${source} ${JSON.stringify(setting)} names no bucket; write "s3://bucket" or "s3://bucket/prefix"`);
+    throw new BoothError('INVALID_ARGUMENT', `${source} ${JSON.stringify(redactUrl(setting))} names no bucket; write "s3://bucket" or "s3://bucket/prefix"`);
   }
   const prefix = decode((m[2] ?? '').replace(/\/+$/, ''), setting, source);
 
   const endpointVar = ['BOOTH_S3_ENDPOINT', 'AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL'].find((name) => nonEmpty(env[name]) !== undefined);
   const endpoint = endpointVar === undefined ? undefined : nonEmpty(env[endpointVar]);
   if (endpoint !== undefined && !/^https?:\/\/[^/]/i.test(endpoint)) {
-    throw new BoothError('INVALID_ARGUMENT', `${endpointVar} must be an http:// or https:// URL such as "http://127.0.0.1:9000", got ${JSON.stringify(endpoint)}`);
+    throw new BoothError('INVALID_ARGUMENT', `${endpointVar} must be an http:// or https:// URL such as "http://127.0.0.1:9000", got ${JSON.stringify(redactUrl(endpoint))}`);
+  }
+  if (endpoint !== undefined && /^https?:\/\/[^/?#]*@/i.test(endpoint)) {
+    throw new BoothError('INVALID_ARGUMENT', `${endpointVar} ${JSON.stringify(redactUrl(endpoint))} has credentials in it; the S3 client ignores them: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead`);
   }
   const forcePathStyle = parseFlag('BOOTH_S3_FORCE_PATH_STYLE', env.BOOTH_S3_FORCE_PATH_STYLE) ?? endpoint !== undefined;
   const region = nonEmpty(env.AWS_REGION) ?? nonEmpty(env.AWS_DEFAULT_REGION) ?? 'us-east-1';

@@ -10,7 +10,7 @@ import type { ObjectStore } from '../storage/types.js';
 import type { SessionStore } from '../sessions/store.js';
 import type { LaunchProbe, Launcher } from './launchers/types.js';
 import { RunStore, effectiveState, needsProbe, newRunId, type EffectiveState, type Launch, type RunRecord, type RunStatus } from './runs.js';
-import { extendSpec, parseJobSpec, presetSpec, totalSteps, type JobSpec, type PresetName } from './spec.js';
+import { assertSpecDepth, extendSpec, parseJobSpec, presetSpec, totalSteps, type JobSpec, type PresetName } from './spec.js';
 import { estimateVramGb, type VramEstimate } from './requirements.js';
 
 /** How to build a new run's spec. */
@@ -41,6 +41,7 @@ export async function buildSpec(sessions: SessionStore, session: string, run: st
   let preset: string | null = null;
   if (req.spec !== undefined) {
     if (typeof req.spec !== 'object' || req.spec === null || Array.isArray(req.spec)) throw new BoothError('INVALID_ARGUMENT', 'the spec must be a JSON object');
+    assertSpecDepth(req.spec, 'the spec');
     value = { ...(req.spec as Record<string, unknown>) };
   } else {
     preset = req.preset ?? (m.base === 'sdxl' ? 'face-lora-sdxl' : m.subject.kind === 'person' ? 'face-sd15' : 'object-sd15');
@@ -48,7 +49,12 @@ export async function buildSpec(sessions: SessionStore, session: string, run: st
   }
   value = { ...value, version: 1, session, run };
   if (req.baseModel && req.spec !== undefined) value.base = { ...(value.base as object), model: req.baseModel };
-  for (const assignment of req.set ?? []) value = applySet(value, assignment);
+  for (const assignment of req.set ?? []) {
+    // The run's identity comes from the request path (and the store layout), never from an override.
+    const field = assignment.slice(0, Math.max(0, assignment.indexOf('='))).split('.')[0];
+    if (field === 'session' || field === 'run' || field === 'version') throw new BoothError('INVALID_ARGUMENT', `--set ${JSON.stringify(assignment)}: session, run and version are filled in by Booth and cannot be set`);
+    value = applySet(value, assignment);
+  }
   let spec = parseJobSpec(value, preset ? `preset ${preset} with your overrides` : 'the spec');
   if (req.steps !== undefined) spec = withTotalSteps(spec, req.steps);
   return { spec, preset };

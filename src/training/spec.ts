@@ -68,10 +68,22 @@ const modeSchema = z.discriminatedUnion('type', [
     .strict(),
 ]);
 
+/**
+ * A folder of the worker's work dir named by a spec: one plain name, never a path, and none of the
+ * worker's own folders. The worker empties such a folder and mirrors store objects into it, and
+ * uploads the class folder back, so `../..` or `/` here would delete or publish files of the
+ * GPU host; the spec can come from the REST API.
+ */
+const RESERVED_WORK_FOLDERS = new Set(['logs', 'state', 'samples', 'cache', 'model', 'spec.json']);
+const workFolder = z
+  .string()
+  .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'must be one folder name (letters, digits, ".", "_", "-"), not a path')
+  .refine((n) => !RESERVED_WORK_FOLDERS.has(n), { message: `must not be one of the worker's own folders (${[...RESERVED_WORK_FOLDERS].join(', ')})` });
+
 const dataSchema = z
   .object({
     /** Folder of instance images with same-named `.txt` captions, relative to the work dir. */
-    instanceDir: z.string().min(1).default('dataset'),
+    instanceDir: workFolder.default('dataset'),
     /**
      * `files`: each image's `.txt` caption (Booth's captions); `prompt`: the one instance prompt
      * for every image (classic DreamBooth).
@@ -94,7 +106,7 @@ const priorSchema = z
     /** Weight of the prior-preservation loss term (Ruiz et al., 2023, eq. 2). */
     lossWeight: z.number().min(0).max(10).default(1),
     /** Folder of class images relative to the work dir. */
-    classDir: z.string().min(1).default('class'),
+    classDir: workFolder.default('class'),
     /** Inference steps used to generate missing class images. */
     generationSteps: positiveInt.max(200).default(30),
   })
@@ -242,6 +254,38 @@ export function totalSteps(spec: Pick<JobSpec, 'schedule'>): number {
   return stagesOf(spec).reduce((n, s) => n + s.steps, 0);
 }
 
+/** A piece of a message, at most 200 characters. */
+function clip(text: string): string {
+  return text.length > 200 ? `${text.slice(0, 199)}…` : text;
+}
+
+/**
+ * Deepest nesting a spec may have. The schema itself is three levels deep; the margin covers
+ * unknown fields, which are refused by name anyway.
+ */
+export const MAX_SPEC_DEPTH = 32;
+
+/**
+ * Refuse a parsed spec nested deeper than {@link MAX_SPEC_DEPTH}, before anything walks it
+ * recursively: copying a 100 000-level JSON document for a `--set` override, or printing it,
+ * overflows the stack, which would surface as an internal error instead of a message. Walks
+ * iteratively, so the check itself cannot overflow.
+ * @param value - parsed JSON
+ * @param source - where it came from, named in the error
+ * @throws BoothError `INVALID_ARGUMENT` naming the field where the limit was crossed
+ */
+export function assertSpecDepth(value: unknown, source = 'job spec'): void {
+  const stack: Array<{ v: unknown; depth: number; at: string }> = [{ v: value, depth: 0, at: '' }];
+  for (let item = stack.pop(); item !== undefined; item = stack.pop()) {
+    const { v, depth, at } = item;
+    if (v === null || typeof v !== 'object') continue;
+    if (depth >= MAX_SPEC_DEPTH) {
+      throw new BoothError('INVALID_ARGUMENT', `${source} is invalid: ${at} is nested more than ${MAX_SPEC_DEPTH} levels deep; a job spec is a few levels deep (see docs/training.md)`);
+    }
+    for (const [k, child] of Object.entries(v)) stack.push({ v: child, depth: depth + 1, at: at ? `${at}.${k}` : k });
+  }
+}
+
 /**
  * Parses and validates a spec, filling defaults.
  * @param value parsed JSON (from a file, the API or the store)
@@ -250,12 +294,17 @@ export function totalSteps(spec: Pick<JobSpec, 'schedule'>): number {
  *   when the spec trains nothing (0 total steps)
  */
 export function parseJobSpec(value: unknown, source = 'job spec'): JobSpec {
+  assertSpecDepth(value, source);
   const r = jobSpecSchema.safeParse(value);
   if (!r.success) {
-    const problems = r.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    // Capped: an unknown key or a bad value can be megabytes long, and the message is printed and sent back.
+    const problems = r.error.issues.slice(0, 10).map((i) => `${clip(i.path.join('.') || '(root)')}: ${clip(i.message)}`).join('; ') + (r.error.issues.length > 10 ? `; and ${r.error.issues.length - 10} more` : '');
     throw new BoothError('INVALID_ARGUMENT', `${source} is invalid: ${problems}`);
   }
   if (totalSteps(r.data) === 0) throw new BoothError('INVALID_ARGUMENT', `${source} is invalid: schedule: every stage has 0 steps; give the UNet stage some steps`);
+  if (r.data.prior && r.data.prior.classDir === r.data.data.instanceDir) {
+    throw new BoothError('INVALID_ARGUMENT', `${source} is invalid: prior.classDir and data.instanceDir are both "${r.data.data.instanceDir}"; the class images would replace the dataset, so give them different folders`);
+  }
   const { mode, schedule } = r.data;
   if (mode.type === 'lora' && !mode.textEncoder && schedule.type === 'two-stage' && schedule.textEncoder.steps > 0) {
     throw new BoothError(

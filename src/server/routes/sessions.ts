@@ -13,7 +13,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { Multipart } from '@fastify/multipart';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { BoothError } from '../../errors.js';
@@ -21,7 +22,7 @@ import { listStyles, loadStyle } from '../../captions/styles.js';
 import { BASE_MODELS } from '../../sessions/base-models.js';
 import { displayName, addPhotos } from '../../sessions/intake.js';
 import { SESSION_NAME_PATTERN, type PhotoRecord, type SessionManifest } from '../../sessions/manifest.js';
-import { assertSessionName, sessionKeys } from '../../sessions/store.js';
+import { assertSessionName, sessionKeys, type SessionStore } from '../../sessions/store.js';
 import { FRAMINGS, type Framing } from '../../preprocess/types.js';
 import { readAll } from '../../storage/index.js';
 import { ApiError } from '../errors.js';
@@ -77,6 +78,104 @@ function uploadFileName(filename: string | undefined): string {
   return name || 'upload';
 }
 
+/**
+ * The parts of a multipart request, failing as soon as the client goes away before the body has
+ * ended. @fastify/multipart only notices a connection that closes while it is parsing: one that
+ * closed earlier (a client that sent part of its body and hung up while the handler was still
+ * checking the session) leaves the parts iterator, and a part's file stream, waiting forever — and
+ * with them the session's upload lock, so every later upload to that session would hang too.
+ * `onGone` is called once with the error, so the caller can end a file stream it is reading.
+ */
+async function* partsWhileConnected(req: FastifyRequest, onGone: (err: Error) => void): AsyncGenerator<Multipart> {
+  const raw = req.raw;
+  let reject: (err: Error) => void = () => undefined;
+  const gone = new Promise<never>((_, r) => (reject = r));
+  gone.catch(() => undefined);
+  const check = () => {
+    if (raw.readableEnded) return;
+    const err = new ApiError('INVALID_ARGUMENT', 'the connection closed before the upload was complete; nothing from the unfinished photo was kept, send it again');
+    onGone(err);
+    reject(err);
+  };
+  raw.once('close', check);
+  if (raw.destroyed) check();
+  try {
+    let it: AsyncIterator<Multipart>;
+    try {
+      it = req.parts()[Symbol.asyncIterator]();
+    } catch (err) {
+      throw malformedMultipart(err);
+    }
+    for (;;) {
+      const r = await Promise.race([it.next().catch((err: unknown) => Promise.reject(malformedMultipart(err))), gone]);
+      if (r.done) return;
+      yield r.value;
+    }
+  } finally {
+    raw.off('close', check);
+  }
+}
+
+/** Multipart limits: reaching one ends the upload early, but the photos before it are kept. */
+const MULTIPART_LIMIT_CODES = new Set(['FST_FILES_LIMIT', 'FST_PARTS_LIMIT', 'FST_FIELDS_LIMIT']);
+
+/**
+ * The error for a body the multipart parser cannot read (no boundary, a boundary that never
+ * appears, a body that ends mid-part). busboy reports these as plain errors, which would otherwise
+ * become a 500; the multipart plugin's own errors already carry a 4xx status and pass through.
+ */
+function malformedMultipart(err: unknown): unknown {
+  const status = (err as { statusCode?: unknown }).statusCode;
+  if (err instanceof ApiError || err instanceof BoothError || (typeof status === 'number' && status < 500)) return err;
+  const detail = err instanceof Error ? err.message : String(err);
+  return new ApiError('INVALID_ARGUMENT', `the multipart body cannot be read (${detail}); send the photos as multipart/form-data, one file part per photo, framed by the boundary named in the Content-Type header`);
+}
+
+/** The `ETag` header value of a session version (the manifest's etag, quoted as HTTP wants). */
+function etagHeader(etag: string): string {
+  return `"${etag}"`;
+}
+
+/**
+ * The session version an `If-Match` header asks for: undefined without the header or for `*`
+ * (any version; the session must merely exist), else the etag, quotes and `W/` removed. A list
+ * of etags is matched against the current version.
+ * @throws BoothError `PRECONDITION_FAILED` when none of a list is current
+ */
+async function ifMatchOf(req: FastifyRequest, sessions: SessionStore, name: string): Promise<string | undefined> {
+  const raw = req.headers['if-match'];
+  if (raw === undefined) return undefined;
+  const tags = (Array.isArray(raw) ? raw.join(',') : raw)
+    .split(',')
+    .map((t) => t.trim().replace(/^W\//, '').replace(/^"(.*)"$/, '$1'))
+    .filter((t) => t !== '');
+  if (tags.length === 0 || tags.includes('*')) return undefined;
+  if (tags.length === 1) return tags[0];
+  const { etag } = await sessions.read(name);
+  if (!tags.includes(etag)) throw staleSession(name);
+  return etag;
+}
+
+/** The 412 of an edit sent with an `If-Match` that is no longer the session's version. */
+function staleSession(name: string, cause?: unknown): BoothError {
+  return new BoothError(
+    'PRECONDITION_FAILED',
+    `session "${name}" was changed by someone else since you read it (If-Match is not its current ETag), so your change was not applied; ` +
+      `GET /api/sessions/${name} again, re-apply your change to what it returns and send it with the new ETag`,
+    cause === undefined ? undefined : { cause },
+  );
+}
+
+/** Run a conditional edit, turning a failed condition into {@link staleSession}'s message. */
+async function conditional<T>(name: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof BoothError && err.code === 'PRECONDITION_FAILED') throw staleSession(name, err);
+    throw err;
+  }
+}
+
 function findBySha(m: SessionManifest, sha256: string): PhotoRecord {
   const p = m.photos.find((x) => x.sha256 === sha256);
   if (!p) throw new BoothError('NOT_FOUND', `session "${m.name}" has no photo ${sha256.slice(0, 12)}…; list photos with GET /api/sessions/${m.name}/photos`);
@@ -104,29 +203,58 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
     return reply.code(201).send(sessionSummary(m));
   });
 
-  api.get('/sessions/:name', { schema: { tags: ['sessions'], summary: 'A session: subject, settings, state, counts, jobs', params: nameParam } }, async (req) => {
-    assertSessionName(req.params.name);
-    const m = await sessions.get(req.params.name);
-    return { ...sessionSummary(m), jobs: jobs.ofSession(m.name).slice(0, 10) };
-  });
+  api.get(
+    '/sessions/:name',
+    { schema: { tags: ['sessions'], summary: 'A session: subject, settings, state, counts, jobs; the ETag header is its version, for If-Match on edits', params: nameParam } },
+    async (req, reply) => {
+      assertSessionName(req.params.name);
+      const { manifest: m, etag } = await sessions.read(req.params.name);
+      void reply.header('etag', etagHeader(etag));
+      return { ...sessionSummary(m), jobs: jobs.ofSession(m.name).slice(0, 10) };
+    },
+  );
 
-  api.patch('/sessions/:name', { schema: { tags: ['sessions'], summary: 'Update subject or preparation settings (the session then needs preparing again)', params: nameParam, body: patchBody } }, async (req) => {
-    assertSessionName(req.params.name);
-    const b = req.body;
-    const m = await jobs.lock(req.params.name, 'update', () =>
-      sessions.update(req.params.name, (m) => {
-        const before = JSON.stringify([m.subject, m.settings]);
-        if (b.trigger !== undefined) m.subject.trigger = b.trigger;
-        if (b.classNoun !== undefined) m.subject.classNoun = b.classNoun;
-        if (b.framing !== undefined) m.settings.framing = b.framing;
-        if (b.identity !== undefined) m.settings.identity = b.identity;
-        if (b.captionTemplate !== undefined) m.settings.captionTemplate = b.captionTemplate;
-        if (JSON.stringify([m.subject, m.settings]) !== before) m.state = 'created';
-        return m;
-      }),
-    );
-    return sessionSummary(m);
-  });
+  api.patch(
+    '/sessions/:name',
+    {
+      schema: {
+        tags: ['sessions'],
+        summary: 'Update subject or preparation settings (the session then needs preparing again)',
+        description:
+          'Only the fields sent are changed, on the current version of the session, so concurrent edits of other fields are kept. ' +
+          'With If-Match (the ETag of GET /api/sessions/:name) the change is applied only if the session has not changed since: else 412 PRECONDITION_FAILED. ' +
+          'The response ETag is the new version.',
+        params: nameParam,
+        body: patchBody,
+      },
+    },
+    async (req, reply) => {
+      const { name } = req.params;
+      assertSessionName(name);
+      const b = req.body;
+      const ifMatch = await ifMatchOf(req, sessions, name);
+      const { manifest: m, etag } = await jobs.lock(name, 'update', () =>
+        conditional(name, () =>
+          sessions.updateVersion(
+            name,
+            (m) => {
+              const before = JSON.stringify([m.subject, m.settings]);
+              if (b.trigger !== undefined) m.subject.trigger = b.trigger;
+              if (b.classNoun !== undefined) m.subject.classNoun = b.classNoun;
+              if (b.framing !== undefined) m.settings.framing = b.framing;
+              if (b.identity !== undefined) m.settings.identity = b.identity;
+              if (b.captionTemplate !== undefined) m.settings.captionTemplate = b.captionTemplate;
+              if (JSON.stringify([m.subject, m.settings]) !== before) m.state = 'created';
+              return m;
+            },
+            { what: 'the settings change', ...(ifMatch !== undefined ? { ifMatch } : {}) },
+          ),
+        ),
+      );
+      void reply.header('etag', etagHeader(etag));
+      return sessionSummary(m);
+    },
+  );
 
   api.delete(
     '/sessions/:name',
@@ -173,33 +301,58 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
       try {
         await jobs.lock(name, 'upload', async () => {
           let i = 0;
-          for await (const part of req.parts()) {
-            if (part.type !== 'file') continue;
-            const shown = uploadFileName(part.filename);
-            const sub = path.join(dir, String(i++));
-            await mkdir(sub);
-            const file = path.join(sub, shown);
-            const hash = createHash('sha256');
-            let size = 0;
-            await pipeline(
-              part.file,
-              new Transform({
-                transform(chunk: Buffer, _enc, cb) {
-                  hash.update(chunk);
-                  size += chunk.length;
-                  cb(null, chunk);
-                },
-              }),
-              createWriteStream(file),
-            );
-            if (part.file.truncated) {
-              results.push({ name: shown, sha256: null, size, outcome: 'rejected', reason: `${shown}: over this server's per-file upload limit (${Math.round(limits.maxFileBytes / 2 ** 20)} MiB); export a smaller JPEG`, warnings: [] });
+          let current: Multipart | null = null;
+          // A file stream left waiting for bytes that will never come is ended with the error.
+          const parts = partsWhileConnected(req, (err) => (current?.type === 'file' ? current.file.destroy(err) : undefined));
+          try {
+            for await (const part of parts) {
+              current = part;
+              if (part.type !== 'file') continue;
+              const shown = uploadFileName(part.filename);
+              const sub = path.join(dir, String(i++));
+              await mkdir(sub);
+              const file = path.join(sub, shown);
+              const hash = createHash('sha256');
+              let size = 0;
+              try {
+                await pipeline(
+                  part.file,
+                  new Transform({
+                    transform(chunk: Buffer, _enc, cb) {
+                      hash.update(chunk);
+                      size += chunk.length;
+                      cb(null, chunk);
+                    },
+                  }),
+                  createWriteStream(file),
+                );
+              } catch (err) {
+                // A failing temp-file write (disk full) is the server's problem; anything else is the body's.
+                if ((err as NodeJS.ErrnoException).syscall !== undefined) throw err;
+                throw malformedMultipart(err);
+              }
+              if (part.file.truncated) {
+                results.push({ name: shown, sha256: null, size, outcome: 'rejected', reason: `${shown}: over this server's per-file upload limit (${Math.round(limits.maxFileBytes / 2 ** 20)} MiB); export a smaller JPEG`, warnings: [] });
+                await rm(sub, { recursive: true, force: true });
+                continue;
+              }
+              // Decoding takes a process-wide slot: memory stays bounded however many sessions upload at once.
+              const [r] = await jobs.intake(() => addPhotos(sessions, name, [file], { logger: ctx.logger.child({ reqId: req.id }) }));
               await rm(sub, { recursive: true, force: true });
-              continue;
+              results.push({ name: r?.name ?? shown, sha256: r?.sha256 ?? hash.digest('hex'), size, outcome: r?.outcome ?? 'rejected', reason: r?.reason ?? null, warnings: r?.warnings ?? [] });
             }
-            const [r] = await addPhotos(sessions, name, [file], { logger: ctx.logger.child({ reqId: req.id }) });
-            await rm(sub, { recursive: true, force: true });
-            results.push({ name: r?.name ?? shown, sha256: r?.sha256 ?? hash.digest('hex'), size, outcome: r?.outcome ?? 'rejected', reason: r?.reason ?? null, warnings: r?.warnings ?? [] });
+          } catch (err) {
+            const code = (err as { code?: unknown }).code;
+            if (results.length === 0 || typeof code !== 'string' || !MULTIPART_LIMIT_CODES.has(code)) throw err;
+            // The photos before the limit are stored; say so instead of failing the whole request.
+            results.push({
+              name: '(the remaining files)',
+              sha256: null,
+              size: 0,
+              outcome: 'rejected',
+              reason: `this upload has more files or fields than the server takes in one request; the ${results.length} file(s) before were handled, send the rest in another request`,
+              warnings: [],
+            });
           }
         });
       } finally {
@@ -227,14 +380,21 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
   api.delete('/sessions/:name/photos/:sha256', { schema: { tags: ['photos'], summary: 'Remove a photo (its original and training image); the session needs preparing again', params: photoParams } }, async (req) => {
     const { name, sha256 } = req.params;
     assertSessionName(name);
+    const ifMatch = await ifMatchOf(req, sessions, name);
     return jobs.lock(name, 'photo deletion', async () => {
       let removed: PhotoRecord | null = null;
-      await sessions.update(name, (m) => {
-        removed = findBySha(m, sha256);
-        m.photos = m.photos.filter((p) => p.sha256 !== sha256);
-        m.state = 'created';
-        return m;
-      });
+      await conditional(name, () =>
+        sessions.update(
+          name,
+          (m) => {
+            removed = findBySha(m, sha256);
+            m.photos = m.photos.filter((p) => p.sha256 !== sha256);
+            m.state = 'created';
+            return m;
+          },
+          { what: 'the photo deletion', ...(ifMatch !== undefined ? { ifMatch } : {}) },
+        ),
+      );
       // Only once the manifest no longer names them: a crash in between leaves unreferenced objects, never a dangling reference.
       const keys = sessionKeys(name);
       const r = removed as PhotoRecord | null;
@@ -283,23 +443,33 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
     const { name, sha256 } = req.params;
     assertSessionName(name);
     const b = req.body;
+    // If-Match guards the whole request: its first write must find that version, the second the one the first wrote.
+    let ifMatch = await ifMatchOf(req, sessions, name);
     return jobs.lock(name, 'photo change', async () => {
       if (b.decision !== undefined) {
-        await sessions.update(name, (m) => {
-          const p = findBySha(m, sha256);
-          const next = b.decision === 'auto' ? null : (b.decision ?? null);
-          if (p.override !== next) {
-            p.override = next;
-            m.state = 'created';
-          }
-          return m;
-        });
+        const written = await conditional(name, () =>
+          sessions.updateVersion(
+            name,
+            (m) => {
+              const p = findBySha(m, sha256);
+              const next = b.decision === 'auto' ? null : (b.decision ?? null);
+              if (p.override !== next) {
+                p.override = next;
+                m.state = 'created';
+              }
+              return m;
+            },
+            { what: 'the decision', ...(ifMatch !== undefined ? { ifMatch } : {}) },
+          ),
+        );
+        if (ifMatch !== undefined) ifMatch = written.etag;
       }
       let warning: string | null = null;
       if (b.caption !== undefined) {
         const { setHandCaption } = await import('../../captions/session.js');
+        const caption = b.caption;
         // The review UI is the review here; the contact sheet is re-rendered by the next prepare or caption run.
-        const r = await setHandCaption(sessions, name, sha256, b.caption, { check: b.checkCaption, review: false });
+        const r = await conditional(name, () => setHandCaption(sessions, name, sha256, caption, { check: b.checkCaption, review: false, ...(ifMatch !== undefined ? { ifMatch } : {}) }));
         warning = r.warning;
       }
       const m = await sessions.get(name);
@@ -313,8 +483,10 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
     async (req) => {
       const { name, sha256 } = req.params;
       assertSessionName(name);
+      const ifMatch = await ifMatchOf(req, sessions, name);
       return jobs.lock(name, 'crop change', async () => {
-        const m = await sessions.get(name);
+        const { manifest: m, etag } = await sessions.read(name);
+        if (ifMatch !== undefined && ifMatch !== etag) throw staleSession(name);
         const p = findBySha(m, sha256);
         if (p.key === null || p.source === null || p.status === 'rejected') throw new BoothError('CONFLICT', `photo ${p.name} was rejected (${p.reason ?? 'not decodable'}); there is nothing to crop`);
         const { clampSquare } = await import('../../preprocess/pipeline.js');
@@ -327,10 +499,20 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
           const png = await renderCrop(image, rect, resolution);
           await store.put(p.datasetKey, png, { contentType: 'image/png' });
         }
-        p.cropOverride = rect;
-        p.crop = rect;
-        p.upscale = Math.round((resolution / rect.width) * 1000) / 1000;
-        const saved = await sessions.save(m);
+        // Recorded on the current manifest: edits others made while the image was rendered are kept.
+        const saved = await conditional(name, () =>
+          sessions.update(
+            name,
+            (fresh) => {
+              const q = findBySha(fresh, sha256);
+              q.cropOverride = rect;
+              q.crop = rect;
+              q.upscale = Math.round((fresh.settings.resolution / rect.width) * 1000) / 1000;
+              return fresh;
+            },
+            { what: 'the crop', ...(ifMatch !== undefined ? { ifMatch: etag } : {}) },
+          ),
+        );
         return photoView(saved, findBySha(saved, sha256), signer);
       });
     },
@@ -339,15 +521,22 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
   api.delete('/sessions/:name/photos/:sha256/crop', { schema: { tags: ['photos'], summary: 'Drop a hand-set crop (the automatic one returns at the next prepare)', params: photoParams } }, async (req) => {
     const { name, sha256 } = req.params;
     assertSessionName(name);
+    const ifMatch = await ifMatchOf(req, sessions, name);
     return jobs.lock(name, 'crop change', async () => {
-      const m = await sessions.update(name, (m) => {
-        const p = findBySha(m, sha256);
-        if (p.cropOverride) {
-          p.cropOverride = null;
-          m.state = 'created';
-        }
-        return m;
-      });
+      const m = await conditional(name, () =>
+        sessions.update(
+          name,
+          (m) => {
+            const p = findBySha(m, sha256);
+            if (p.cropOverride) {
+              p.cropOverride = null;
+              m.state = 'created';
+            }
+            return m;
+          },
+          { what: 'the crop removal', ...(ifMatch !== undefined ? { ifMatch } : {}) },
+        ),
+      );
       return { ...photoView(m, findBySha(m, sha256), signer), needsPrepare: m.state !== 'prepared' };
     });
   });

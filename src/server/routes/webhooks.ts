@@ -6,6 +6,7 @@
 import type { FastifyInstance } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { redactUrl } from '../../log.js';
 import { assertSessionName } from '../../sessions/store.js';
 import type { ServerContext } from '../context.js';
 import { WEBHOOK_EVENTS, type WebhookConfig } from '../webhooks.js';
@@ -19,7 +20,8 @@ const configBody = z
   })
   .strict();
 
-const hidden = (c: WebhookConfig | null) => (c ? { url: c.url, events: c.events, createdAt: c.createdAt, secretSet: true } : null);
+// The receiver URL may carry its own credentials (`?token=…`); like the secret, they are shown only when set.
+const hidden = (c: WebhookConfig | null) => (c ? { url: redactUrl(c.url), events: c.events, createdAt: c.createdAt, secretSet: true } : null);
 
 /** Registers the webhook routes on the `/api` scope. */
 export function registerWebhookRoutes(parent: FastifyInstance, ctx: ServerContext): void {
