@@ -37,6 +37,7 @@ import { registerSessionRoutes } from './routes/sessions.js';
 import { registerRunRoutes } from './routes/runs.js';
 import { registerExportRoutes } from './routes/exports.js';
 import { registerWebhookRoutes } from './routes/webhooks.js';
+import { sweepStaleUploadDirs } from './upload-tmp.js';
 
 /** Where the UI's static files are: `src/server/ui/`, from `src/server/` (tests) and `dist/server/` (built) alike. */
 export const UI_ROOT = fileURLToPath(new URL('../../src/server/ui/', import.meta.url));
@@ -248,6 +249,10 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
   }
 
   app.addHook('onReady', async () => {
+    // Upload temp folders of a server that was killed mid-upload; fresh ones (a live server beside
+    // this one) are kept.
+    const swept = await sweepStaleUploadDirs();
+    if (swept.length > 0) logger.info({ folders: swept }, 'removed upload temp folders left by a server that stopped mid-upload');
     if (options.scanRuns ?? true) {
       try {
         await webhooks.scan();

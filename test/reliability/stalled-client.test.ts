@@ -3,13 +3,14 @@
  * idle timeout the server would wait for the promised bytes forever, keeping the upload's temp
  * folder and the session's upload lock, so every later upload to that session would hang.
  */
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AUTH, multipart, testApp } from '../server/helpers.js';
+import { STALE_UPLOAD_TMP_MS, sweepStaleUploadDirs, UPLOAD_TMP_PREFIX } from '../../src/server/upload-tmp.js';
 import { photo } from './corpus.js';
 
 const SESSION = 'stalled';
@@ -65,5 +66,32 @@ describe('a client that stalls mid-upload', () => {
     expect(names).toEqual(['whole.jpg']);
     expect(await readdir(uploadTmp)).toEqual([]);
     console.log('[reliability] stalled upload: server closed the idle connection, temp files removed, next upload 201');
+  });
+});
+
+describe('upload temp folders left by a killed server', () => {
+  it('are removed by the next start once untouched for an hour; fresh ones (a live upload) stay', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'booth-sweep-'));
+    try {
+      const make = async (name: string, ageMs: number): Promise<string> => {
+        const folder = path.join(dir, name);
+        await mkdir(path.join(folder, '0'), { recursive: true });
+        await writeFile(path.join(folder, '0', 'a.jpg'), 'x');
+        const t = new Date(Date.now() - ageMs);
+        for (const p of [path.join(folder, '0', 'a.jpg'), path.join(folder, '0'), folder]) await utimes(p, t, t);
+        return folder;
+      };
+      await make(`${UPLOAD_TMP_PREFIX}old`, STALE_UPLOAD_TMP_MS + 60_000);
+      const fresh = await make(`${UPLOAD_TMP_PREFIX}fresh`, 1000);
+      // An old folder whose file is still being written to belongs to a live upload.
+      const writing = await make(`${UPLOAD_TMP_PREFIX}writing`, STALE_UPLOAD_TMP_MS + 60_000);
+      await writeFile(path.join(writing, '0', 'a.jpg'), 'more');
+      const unrelated = await make('not-booth', STALE_UPLOAD_TMP_MS + 60_000);
+      const removed = await sweepStaleUploadDirs(dir);
+      expect(removed.map((p) => path.basename(p))).toEqual([`${UPLOAD_TMP_PREFIX}old`]);
+      expect((await readdir(dir)).sort()).toEqual([path.basename(fresh), path.basename(writing), path.basename(unrelated)].sort());
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

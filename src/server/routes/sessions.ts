@@ -30,6 +30,7 @@ import type { ServerContext } from '../context.js';
 import { sendObject } from '../download.js';
 import { photoView, sessionSummary } from '../views.js';
 import { nameParam } from './shared.js';
+import { UPLOAD_TMP_PREFIX } from '../upload-tmp.js';
 
 export { nameParam };
 /** Session name and photo SHA-256 in a path. */
@@ -296,7 +297,7 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
       assertSessionName(name);
       await sessions.get(name);
       if (!req.isMultipart()) throw new ApiError('UNSUPPORTED_MEDIA_TYPE', 'send the photos as multipart/form-data, one file part per photo');
-      const dir = await mkdtemp(path.join(tmpdir(), 'booth-upload-'));
+      const dir = await mkdtemp(path.join(tmpdir(), UPLOAD_TMP_PREFIX));
       const results: Array<{ name: string; sha256: string | null; size: number; outcome: string; reason: string | null; warnings: string[] }> = [];
       try {
         await jobs.lock(name, 'upload', async () => {
