@@ -5,6 +5,8 @@ export default defineConfig({
   test: {
     root: fileURLToPath(new URL('..', import.meta.url)),
     include: ['test/**/*.test.ts'],
+    // The long fault, hostile-input and load runs live behind `npm run test:reliability`.
+    exclude: ['**/node_modules/**', 'test/reliability/**/*.slow.test.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     // Face detection on the WASM backend and sharp both use all cores; running many heavy files
