@@ -80,6 +80,12 @@ export async function uploadFolder(store: ObjectStore, dir: string, prefix: stri
   // Replacing a complete folder (a state re-saved after a resume, the model after `extend`): its
   // old marker goes first, or readers would take the new files for the old ones, half replaced.
   await store.delete(`${prefix}${MARKER}`);
+  // Files of the old version that the new one lacks would make the new marker look incomplete
+  // (readers require it to name exactly the stored files), so they go too.
+  const keep = new Set(files.map((rel) => `${prefix}${rel}`));
+  const stale: string[] = [];
+  for await (const info of listAll(store, prefix)) if (!keep.has(info.key)) stale.push(info.key);
+  for (const key of stale) await store.delete(key);
   for (const rel of files) {
     if (rel === MARKER) continue;
     const r = await putFile(store, path.join(dir, rel), `${prefix}${rel}`);

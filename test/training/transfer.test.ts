@@ -54,6 +54,22 @@ describe('uploadFolder', () => {
     expect(marker.files['unet/weights.safetensors']).toEqual({ size: 1000, sha256: expect.stringMatching(/^[0-9a-f]{64}$/) });
   });
 
+  it('replacing a complete folder removes the old files the new version lacks, so the new marker verifies', async () => {
+    const first = path.join(dir, 'state-v1');
+    await mkdir(first, { recursive: true });
+    await writeFile(path.join(first, 'a.bin'), 'old a');
+    await writeFile(path.join(first, 'b.bin'), 'old b');
+    await uploadFolder(store, first, 'replace/500/', 500);
+    const second = path.join(dir, 'state-v2');
+    await mkdir(second, { recursive: true });
+    await writeFile(path.join(second, 'a.bin'), 'new a');
+    await uploadFolder(store, second, 'replace/500/', 500);
+    expect(await keys('replace/500/')).toEqual(['COMPLETE', 'a.bin']);
+    const dest = path.join(dir, 'replace-down');
+    await downloadVerifiedState(store, 'replace/500/', dest);
+    expect(await readFile(path.join(dest, 'a.bin'), 'utf8')).toBe('new a');
+  });
+
   it('uploads a trainer-written COMPLETE last and as it is; a failure midway leaves no marker', async () => {
     const local = path.join(dir, 'state5');
     await mkdir(local, { recursive: true });
