@@ -13,6 +13,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import fastifyMultipart from '@fastify/multipart';
@@ -102,6 +103,33 @@ function requestId(req: { headers: Record<string, string | string[] | undefined>
   return typeof given === 'string' && /^[A-Za-z0-9._:-]{8,100}$/.test(given) ? given : randomUUID();
 }
 
+/**
+ * The answer to a request Node's HTTP parser cannot read (bad framing, oversized headers, a
+ * request that timed out): the API's error shape instead of fastify's bare default, then the
+ * connection is closed, since the parser cannot know where the next request would start. Nothing
+ * from the request is echoed. A connection already gone is just destroyed.
+ * @param err - the parser's error (`code` such as `HPE_HEADER_OVERFLOW`, `HPE_INVALID_CHUNK_SIZE`)
+ * @param socket - the client's socket
+ */
+export function answerClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed || !socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const [status, code, message] =
+    err.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'HEADERS_TOO_LARGE', 'the request headers are too large; send fewer or shorter headers'] as const
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'REQUEST_TIMEOUT', 'the request took too long to arrive; send it again'] as const
+        : [400, 'INVALID_ARGUMENT', `the request is not valid HTTP (${err.code ?? 'parse error'}); check its framing: Content-Length or chunked encoding, not both`] as const;
+  const body = JSON.stringify({ error: { code, message, requestId: randomUUID() } } satisfies ErrorBody);
+  socket.end(
+    `HTTP/1.1 ${status} ${STATUS_TEXT[status]}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
+}
+
+const STATUS_TEXT: Readonly<Record<number, string>> = { 400: 'Bad Request', 408: 'Request Timeout', 431: 'Request Header Fields Too Large' };
+
 /** The URL as logged: signature and expiry masked, so a signed link in the log cannot be replayed. */
 const loggedUrl = redactUrl;
 
@@ -132,6 +160,7 @@ export async function buildApp(options: AppOptions): Promise<FastifyInstance> {
     // the session's upload lock for as long as it keeps the socket open.
     connectionTimeout: options.idleTimeoutMs ?? IDLE_TIMEOUT_MS,
     trustProxy: false,
+    clientErrorHandler: answerClientError,
     routerOptions: { maxParamLength: 200 },
   }).withTypeProvider();
   app.setValidatorCompiler(validatorCompiler);

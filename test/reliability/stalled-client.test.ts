@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AUTH, multipart, testApp } from '../server/helpers.js';
 import { STALE_UPLOAD_TMP_MS, sweepStaleUploadDirs, UPLOAD_TMP_PREFIX } from '../../src/server/upload-tmp.js';
-import { photo } from './corpus.js';
+import { photo, rawHttp } from './corpus.js';
 
 const SESSION = 'stalled';
 let env: Awaited<ReturnType<typeof testApp>>;
@@ -93,5 +93,31 @@ describe('upload temp folders left by a killed server', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('requests the HTTP parser cannot read', () => {
+  it('get the API error shape, the right status and a closed connection; the server keeps serving', async () => {
+    const port = (env.app.server.address() as AddressInfo).port;
+    const head = (extra: string) => `PATCH /api/sessions/${SESSION} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: ${AUTH.authorization}\r\n${extra}\r\n`;
+    const cases = [
+      { id: 'content-length with chunked', bytes: `${head('Content-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n')}0\r\n\r\n`, status: 400, code: 'INVALID_ARGUMENT' },
+      { id: 'non-hex chunk size', bytes: `${head('Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n')}zz\r\n{}\r\n0\r\n\r\n`, status: 400, code: 'INVALID_ARGUMENT' },
+      { id: '64 KB of headers', bytes: head(`X-Filler: ${'a'.repeat(64 * 1024)}\r\n`), status: 431, code: 'HEADERS_TOO_LARGE' },
+    ];
+    for (const c of cases) {
+      const r = await rawHttp(port, Buffer.from(c.bytes, 'latin1'));
+      expect(r.status, c.id).toBe(c.status);
+      const [headers = '', body = ''] = r.text.split('\r\n\r\n');
+      expect(headers, c.id).toMatch(/\r\nConnection: close/i);
+      const parsed = JSON.parse(body) as { error: { code: string; message: string; requestId: string } };
+      expect(parsed.error.code, c.id).toBe(c.code);
+      expect(parsed.error.message.length, c.id).toBeGreaterThan(10);
+      expect(parsed.error.requestId, c.id).toMatch(/^[0-9a-f-]{36}$/);
+      // Nothing of the request comes back.
+      expect(body, c.id).not.toContain('aaaa');
+    }
+    const ok = await env.app.inject({ url: '/health' });
+    expect(ok.statusCode).toBe(200);
   });
 });
