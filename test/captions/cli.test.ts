@@ -9,11 +9,10 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, booth, json } from '../helpers/cli.js';
+import { booth, json, cliBuilt } from '../helpers/cli.js';
 import { startFakeOpenAI, tintedPhoto, type FakeOpenAI } from './helpers/openai-server.js';
 
-const built = existsSync(CLI);
-if (!built) console.warn(`skipping caption CLI tests: ${CLI} is missing; run \`npm run build\``);
+const built = cliBuilt('the caption CLI tests');
 
 interface Line {
   name: string;

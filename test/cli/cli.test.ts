@@ -1,13 +1,11 @@
-import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, booth, json } from '../helpers/cli.js';
+import { booth, json, cliBuilt } from '../helpers/cli.js';
 import { noiseImage } from '../helpers/images.js';
 
-const built = existsSync(CLI);
-if (!built) console.warn(`skipping CLI tests: ${CLI} is missing; run \`npm run build\` (npm test does)`);
+const built = cliBuilt('the CLI tests');
 
 describe.skipIf(!built)('booth CLI', () => {
   let dir: string;

@@ -8,14 +8,13 @@ import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, booth, boothSpawn, json } from '../helpers/cli.js';
+import { booth, boothSpawn, json, cliBuilt } from '../helpers/cli.js';
 import { noiseImage } from '../helpers/images.js';
 import { listAll, openStore, readAll } from '../../src/storage/index.js';
 
 const storeUrl = (root: string) => `file://${root}`;
 
-const built = existsSync(CLI);
-if (!built) console.warn(`skipping restart tests: ${CLI} is missing; run \`npm run build\``);
+const built = cliBuilt('the restart tests');
 
 const PHOTOS = 10;
 

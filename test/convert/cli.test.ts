@@ -3,12 +3,11 @@ import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CLI, booth, json } from '../helpers/cli.js';
+import { booth, json, cliBuilt } from '../helpers/cli.js';
 import { createFsStore } from '../../src/storage/index.js';
 import { haveShared, readSafetensors, SD15_INLINE, sharedConfigs, shrink, writeDiffusersFolder } from './fixtures.js';
 
-const built = existsSync(CLI);
-if (!built) console.warn(`skipping export CLI tests: ${CLI} is missing; run \`npm run build\` (npm test does)`);
+const built = cliBuilt('the export CLI tests');
 
 describe.skipIf(!built)('booth convert / export / download', () => {
   let dir: string;

@@ -1,8 +1,20 @@
 /** Run the built `booth` CLI (dist/cli/main.js) as a child process, as a person or a script would. */
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { execa, type ResultPromise } from 'execa';
 
 export const CLI = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url));
+
+/**
+ * Whether the CLI is built; when it is not, prints why the tests of `what` skip (`npm test`
+ * builds before it runs vitest, so they run there).
+ * @param what - the tests that need it, for the message, e.g. `the restart tests`
+ */
+export function cliBuilt(what: string): boolean {
+  const built = existsSync(CLI);
+  if (!built) console.warn(`skipping ${what}: ${CLI} is missing; run \`npm run build\` (npm test does)`);
+  return built;
+}
 
 /** Run `booth ...args` against the given store; never throws on a non-zero exit. */
 export async function booth(store: string, args: string[], env: Record<string, string> = {}) {

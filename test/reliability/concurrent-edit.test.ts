@@ -13,7 +13,6 @@
  *     is injected at a fixed point of the operation, so the interleaving is the same every run).
  * Prints one `[reliability]` line: edits attempted, edits that survived, conflicts re-applied.
  */
-import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -28,12 +27,11 @@ import type { SessionManifest } from '../../src/sessions/manifest.js';
 import { SessionStore, sessionKeys } from '../../src/sessions/store.js';
 import { createFsStore } from '../../src/storage/drivers/fs.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../src/storage/types.js';
-import { CLI, booth, json } from '../helpers/cli.js';
+import { booth, json, cliBuilt } from '../helpers/cli.js';
 import { noiseImage } from '../helpers/images.js';
 import { AUTH, testApp } from '../server/helpers.js';
 
-const built = existsSync(CLI);
-if (!built) console.warn(`skipping the concurrent-edit tests: ${CLI} is missing; run \`npm run build\``);
+const built = cliBuilt('the concurrent-edit tests');
 
 /** The debug line `SessionStore.update` logs each time it re-applies a change after a conflict. */
 const RETRY_LOG = 'session manifest changed concurrently';

@@ -6,7 +6,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, statfs, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -22,12 +21,12 @@ import { parseEventLine, type EventOf } from '../../src/training/protocol.js';
 import { RunStore, newRunId, runKeys } from '../../src/training/runs.js';
 import { startWorker } from '../../src/training/worker.js';
 import { SessionStore } from '../../src/sessions/store.js';
-import { CLI, booth, json } from '../helpers/cli.js';
+import { CLI, booth, cliBuilt, json } from '../helpers/cli.js';
 import { STAND_IN, preparedSession, standInCommand } from '../helpers/training.js';
 import { SD15_INLINE, shrink, writeDiffusersFolder } from '../convert/fixtures.js';
 
-/** Whether the CLI is built (the tests spawn dist/cli/main.js). */
-export const built = existsSync(CLI);
+/** Whether the CLI is built (the tests spawn dist/cli/main.js); prints why the fault tests skip when not. */
+export const built = cliBuilt('the fault tests');
 
 /** The wall-clock shim for skewed processes (test/fixtures/clock-shift.mjs), as a URL for --import. */
 export const CLOCK_SHIFT = pathToFileURL(path.resolve('test/fixtures/clock-shift.mjs')).href;

@@ -4,7 +4,6 @@
  * file through the built CLI (one process each, about a second apiece), decompression bombs
  * through `booth add`, and the memory a photo exactly at the pixel limit costs to decode.
  */
-import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -14,10 +13,10 @@ import { addPhotos } from '../../src/sessions/intake.js';
 import { SessionStore } from '../../src/sessions/store.js';
 import { createFsStore } from '../../src/storage/drivers/fs.js';
 import { SD15_INLINE, shrink, writeDiffusersFolder } from '../convert/fixtures.js';
-import { CLI, json } from '../helpers/cli.js';
+import { json, cliBuilt } from '../helpers/cli.js';
 import { BAD_SETS, Tally, cli, filesUnder, jpegDeclaring, judgeCli, markPrepared, photo, pngBomb, pngDeclaring, safetensorsCases, specCases } from './corpus.js';
 
-const built = existsSync(CLI);
+const built = cliBuilt('the hostile-input CLI corpus');
 const tally = new Tally();
 const SESSION = 'hostile';
 let root: string;

@@ -20,12 +20,12 @@ import { readHeader } from '../../src/convert/safetensors.js';
 import { createFsStore } from '../../src/storage/drivers/fs.js';
 import { SessionStore } from '../../src/sessions/store.js';
 import { parseJobSpec } from '../../src/training/spec.js';
-import { CLI, json } from '../helpers/cli.js';
+import { json, cliBuilt } from '../helpers/cli.js';
 import { AUTH, multipart, testApp } from '../server/helpers.js';
 import { BAD_SETS, HOSTILE_NAMES, Tally, cli, filesUnder, imageCases, judgeCli, markPrepared, photo, rawHttp, safetensorsCases, specCases, validSpec, type ImageCase } from './corpus.js';
 
 const tally = new Tally();
-const built = existsSync(CLI);
+const built = cliBuilt('the hostile-input CLI tests');
 
 let app: FastifyInstance;
 let appDir: string;
