@@ -9,14 +9,21 @@
  * size and by (resolution / native)², and cut to 40% by gradient checkpointing. Parameter counts
  * are those of the released checkpoints (SD 1.5 UNet 859.5 M, SD 2.1 UNet 865.9 M, SDXL UNet
  * 2567.5 M; CLIP ViT-L text encoder 123.1 M, OpenCLIP ViT-H 340.4 M, OpenCLIP ViT-bigG 694.7 M;
- * VAE 83.7 M). The activation figures are rough (SDPA attention, mixed precision) and will be
- * replaced by the GPU benchmark's measurements (docs/benchmarks.md) when a GPU run records them.
+ * VAE 83.7 M; FLUX.1 transformer 11 901.4 M, T5-XXL encoder 4 762.3 M, FLUX VAE 83.8 M; SD 3.5
+ * Medium transformer 2 243.3 M, SD 3.5 Large transformer 8 056.3 M). The activation figures are
+ * rough (SDPA attention, mixed precision) and will be replaced by the GPU benchmark's
+ * measurements (docs/benchmarks.md) when a GPU run records them.
+ *
+ * FLUX.1 and SD 3.5 runs load their text encoders (T5-XXL is 9 GiB in bf16), compute the
+ * embeddings of every caption once and free them before the first step, so their peak is the
+ * larger of the load phase (every part in half precision) and the training phase (the
+ * transformer, its trained weights and activations).
  */
 import type { CheckReport } from './protocol.js';
 import type { JobSpec } from './spec.js';
 import { BoothError } from '../errors.js';
 
-const ARCH_LABEL = { sd1: 'SD 1.x', sd2: 'SD 2.x', sdxl: 'SDXL' } as const;
+const ARCH_LABEL = { sd1: 'SD 1.x', sd2: 'SD 2.x', sdxl: 'SDXL', flux: 'FLUX.1', sd3: 'SD 3.5' } as const;
 
 const GIB = 2 ** 30;
 const M = 1e6;
@@ -25,7 +32,12 @@ const PARAMS = {
   sd1: { unet: 859.5 * M, textEncoders: 123.1 * M, native: 512, activationGb: 3 },
   sd2: { unet: 865.9 * M, textEncoders: 340.4 * M, native: 768, activationGb: 6 },
   sdxl: { unet: 2567.5 * M, textEncoders: (123.1 + 694.7) * M, native: 1024, activationGb: 12 },
+  flux: { unet: 11901.4 * M, textEncoders: (123.1 + 4762.3) * M, native: 1024, activationGb: 24 },
+  // SD 3.5 Medium; Large is told apart by its transformer size below.
+  sd3: { unet: 2243.3 * M, textEncoders: (123.1 + 694.7 + 4762.3) * M, native: 1024, activationGb: 10 },
 } as const;
+/** SD 3.5 Large's transformer, for specs whose base model names it (`…large…`). */
+const SD35_LARGE_PARAMS = 8056.3 * M;
 const VAE_PARAMS = 83.7 * M;
 /** CUDA context, allocator fragmentation and cuDNN workspaces. */
 const OVERHEAD_GB = 1.5;
@@ -41,7 +53,10 @@ export interface VramEstimate {
  * @example estimateVramGb(presetSpec('face-sd15', …)).gb // ≈ 12
  */
 export function estimateVramGb(spec: JobSpec): VramEstimate {
-  const p = PARAMS[spec.base.architecture];
+  const arch = spec.base.architecture;
+  const p0 = PARAMS[arch];
+  const p = arch === 'sd3' && /large/i.test(spec.base.model) ? { ...p0, unet: SD35_LARGE_PARAMS, activationGb: 18 } : p0;
+  const flow = arch === 'flux' || arch === 'sd3';
   const trainedBytesPerParam = 4 + 4 + (spec.optimizer.type === 'adamw8bit' ? 2 : 8);
   const trainsTextEncoder =
     spec.schedule.type === 'two-stage' ? spec.schedule.textEncoder.steps > 0 : spec.schedule.textEncoderLearningRate > 0;
@@ -60,6 +75,16 @@ export function estimateVramGb(spec: JobSpec): VramEstimate {
   const scale = (spec.resolution / p.native) ** 2 * spec.batchSize * (spec.prior?.enabled ? 2 : 1);
   const activations = p.activationGb * scale * (spec.gradientCheckpointing ? 0.4 : 1);
   const halfBytes = spec.mixedPrecision === 'no' ? 4 : 2;
+  if (flow) {
+    // The text encoders are gone before the first step; the load phase holds every part at once.
+    frozen -= p.textEncoders;
+    const loadPhase = ((p.unet + p.textEncoders + VAE_PARAMS) * halfBytes) / GIB;
+    const trainPhase = (trained * trainedBytesPerParam + lora * trainedBytesPerParam + frozen * halfBytes) / GIB + activations;
+    if (loadPhase > trainPhase) {
+      const terms = { load: loadPhase, overhead: OVERHEAD_GB };
+      return { gb: Math.round((loadPhase + OVERHEAD_GB) * 10) / 10, terms };
+    }
+  }
   const terms = {
     trained: (trained * trainedBytesPerParam) / GIB,
     lora: (lora * trainedBytesPerParam) / GIB,

@@ -15,10 +15,22 @@ import { BASE_MODEL_INFO, type BaseModel } from '../sessions/base-models.js';
 /** Version of the spec format; the trainer refuses a spec of another version. */
 export const SPEC_VERSION = 1;
 
-/** Architecture families the trainer and the converter know. */
-export const ARCHITECTURES = ['sd1', 'sd2', 'sdxl'] as const;
+/**
+ * Architecture families the trainer and the converter know: the UNet families (`sd1`, `sd2`,
+ * `sdxl`; denoising diffusion) and the transformer families trained by flow matching (`flux`:
+ * FLUX.1 [dev]/[schnell]; `sd3`: Stable Diffusion 3.5 Medium/Large).
+ */
+export const ARCHITECTURES = ['sd1', 'sd2', 'sdxl', 'flux', 'sd3'] as const;
 /** One of {@link ARCHITECTURES}. */
 export type Architecture = (typeof ARCHITECTURES)[number];
+
+/** The architectures whose denoiser is a transformer trained by flow matching. */
+export const FLOW_ARCHITECTURES: ReadonlySet<Architecture> = new Set(['flux', 'sd3']);
+
+/** Whether `arch` is trained by flow matching (FLUX.1, SD 3.5) rather than denoising diffusion. */
+export function isFlowArchitecture(arch: Architecture): boolean {
+  return FLOW_ARCHITECTURES.has(arch);
+}
 
 /**
  * Hugging Face ids of the public base releases, used when a session names a base model by its
@@ -44,7 +56,8 @@ const baseSchema = z
     architecture: z.enum(ARCHITECTURES),
     /**
      * What the UNet predicts. Absent: read from the base model's scheduler config
-     * (SD 2.1 768 is `v_prediction`, SD 1.5 and SDXL base are `epsilon`).
+     * (SD 2.1 768 is `v_prediction`, SD 1.5 and SDXL base are `epsilon`). Not used by the flow
+     * families (FLUX.1, SD 3.5), whose transformer always predicts the velocity `ε − x₀`.
      */
     predictionType: z.enum(['epsilon', 'v_prediction']).optional(),
     /** Optional separate VAE (folder or id), e.g. the fp16-safe SDXL VAE. */
@@ -64,6 +77,12 @@ const modeSchema = z.discriminatedUnion('type', [
       dropout: z.number().min(0).max(1).default(0),
       /** Also train LoRA adapters on the text encoder(s) when the text-encoder learning rate is non-zero. */
       textEncoder: z.boolean().default(false),
+      /**
+       * Which layers of the denoiser get adapters: `attention` (the attention projections) or
+       * `attention-mlp` (also the feed-forward projections). Absent: `attention` for the UNet
+       * families, `attention-mlp` for FLUX.1 and SD 3.5 (docs/training.md gives the layers).
+       */
+      targets: z.enum(['attention', 'attention-mlp']).optional(),
     })
     .strict(),
 ]);
@@ -130,10 +149,15 @@ const scheduleSchema = z.discriminatedUnion('type', [
     .strict(),
   z
     .object({
-      /** UNet and text encoder trained together (text encoder frozen when its learning rate is 0). */
+      /**
+       * The denoiser and the text encoder trained together (text encoder frozen when its learning
+       * rate is 0). The denoiser's learning rate is `unetLearningRate` for the UNet families and
+       * `transformerLearningRate` for FLUX.1 and SD 3.5; exactly one of the two is given.
+       */
       type: z.literal('joint'),
       steps: positiveInt.max(1_000_000),
-      unetLearningRate: learningRate,
+      unetLearningRate: learningRate.optional(),
+      transformerLearningRate: learningRate.optional(),
       textEncoderLearningRate: z.number().min(0).max(1).default(0),
     })
     .strict(),
@@ -180,6 +204,70 @@ const samplesSchema = z
   })
   .strict();
 
+/**
+ * Flow-matching settings of the transformer families (FLUX.1, SD 3.5). Noising is the rectified
+ * flow `x_σ = (1 − σ)·x₀ + σ·ε` with the velocity target `ε − x₀` (Esser et al. 2024, "Scaling
+ * Rectified Flow Transformers", sec. 2–3); σ is drawn by `timestepSampling` and then shifted.
+ */
+const flowSchema = z
+  .object({
+    /**
+     * How σ is drawn: `logit_normal` (σ = sigmoid(N(logitMean, logitStd)); SD3 paper's best,
+     * eq. 19), `mode` (mode sampling with heavy tails, eq. 20, `modeScale`), `uniform`.
+     */
+    timestepSampling: z.enum(['logit_normal', 'mode', 'uniform']).default('logit_normal'),
+    logitMean: z.number().min(-10).max(10).default(0),
+    logitStd: z.number().positive().max(10).default(1),
+    modeScale: z.number().min(0).max(10).default(1.29),
+    /**
+     * Shift of σ towards noise: a number `s` maps σ to `s·σ / (1 + (s − 1)·σ)` (SD3 paper eq. 23;
+     * SD 3.5 uses 3.0); `resolution` uses FLUX.1's shift from the image token count (μ between
+     * 0.5 at 256 tokens and 1.15 at 4096, σ ↦ e^μ / (e^μ + 1/σ − 1)). Absent: `resolution` for
+     * FLUX.1, 3.0 for SD 3.5.
+     */
+    shift: z.union([z.literal('resolution'), z.number().positive().max(100)]).optional(),
+    /** Loss weight per sample: `none`, `sigma_sqrt` (σ⁻²) or `cosmap` (SD3 paper, sec. 3.1). */
+    lossWeighting: z.enum(['none', 'sigma_sqrt', 'cosmap']).default('none'),
+    /**
+     * The guidance value fed to FLUX.1 [dev]'s guidance embedding while training (the distilled
+     * model has no classifier-free guidance); ignored by models without one ([schnell], SD 3.5).
+     */
+    guidanceScale: z.number().min(0).max(100).default(1),
+    /** T5 tokens per caption (T5's window is 512). Absent: 512 for FLUX.1 [dev], 256 otherwise. */
+    maxSequenceLength: positiveInt.max(512).optional(),
+  })
+  .strict();
+
+/**
+ * Speed settings: none of them changes what a step computes beyond floating-point rounding
+ * (tested), so they are left out of the resume fingerprint and may differ between attempts.
+ */
+const performanceSchema = z
+  .object({
+    /**
+     * `torch.compile` of the denoiser: `auto` compiles on CUDA when at least 200 steps are left
+     * (compilation takes about a minute), `default` and `max-autotune-no-cudagraphs` are
+     * torch.compile modes, `off` runs eagerly.
+     */
+    compile: z.enum(['auto', 'off', 'default', 'max-autotune-no-cudagraphs']).default('auto'),
+    /**
+     * Capture a whole optimizer step (forward, backward, clipping, optimizer) in one CUDA graph and
+     * replay it: `auto` where the step has static shapes and graph-safe parts (one process, cached
+     * latents, frozen text encoders, AdamW), `on` fails when that is not the case, `off` never.
+     */
+    cudaGraph: z.enum(['auto', 'on', 'off']).default('auto'),
+    /** UNet activations and weights in channels-last layout on CUDA (faster convolutions). */
+    channelsLast: z.boolean().default(true),
+    /** TensorFloat-32 matmuls and convolutions for the float32 parts on CUDA. */
+    tf32: z.boolean().default(true),
+    /**
+     * Optimizer steps the host may queue ahead of the GPU. The loss of a step is read when its
+     * step has finished, so the host never waits for the GPU inside a step.
+     */
+    maxInFlightSteps: positiveInt.max(8).default(2),
+  })
+  .strict();
+
 /** The job spec schema. See the module comment and `docs/training.md` for every field. */
 export const jobSpecSchema = z
   .object({
@@ -211,6 +299,9 @@ export const jobSpecSchema = z
     samples: samplesSchema.default({ prompts: [], negativePrompt: '', every: 0, steps: 25, guidanceScale: 7.5, seed: 1234 }),
     /** Encode every instance/class image with the VAE once, before training (no random flip then). */
     cacheLatents: z.boolean().default(true),
+    /** Flow-matching settings (FLUX.1, SD 3.5 only). */
+    flow: flowSchema.optional(),
+    performance: performanceSchema.default({ compile: 'auto', cudaGraph: 'auto', channelsLast: true, tf32: true, maxInFlightSteps: 2 }),
   })
   .strict();
 
@@ -287,6 +378,40 @@ export function assertSpecDepth(value: unknown, source = 'job spec'): void {
 }
 
 /**
+ * The rules that tie a spec's fields to its architecture family, which the schema alone cannot
+ * say (the trainer's `semantic_problems` applies the same rules):
+ * - the joint schedule names the denoiser's learning rate as `unetLearningRate` (UNet families)
+ *   or `transformerLearningRate` (FLUX.1, SD 3.5), exactly one of them;
+ * - FLUX.1 and SD 3.5 train the transformer only (text encoders frozen, their embeddings computed
+ *   once), so they take the joint schedule with a text-encoder learning rate of 0;
+ * - `flow` settings belong to FLUX.1 and SD 3.5;
+ * - FLUX.1 is trained as a LoRA.
+ * @returns the first problem, naming the field, or null
+ */
+export function familyProblem(spec: JobSpec): string | null {
+  const arch = spec.base.architecture;
+  const flow = isFlowArchitecture(arch);
+  const s = spec.schedule;
+  if (s.type === 'joint') {
+    const want = flow ? 'transformerLearningRate' : 'unetLearningRate';
+    const other = flow ? 'unetLearningRate' : 'transformerLearningRate';
+    if (s[other] !== undefined) return `schedule.${other}: a ${arch} model's denoiser is ${flow ? 'a transformer' : 'a UNet'}; name its learning rate schedule.${want}`;
+    if (s[want] === undefined) return `schedule.${want}: required (the learning rate of the ${flow ? 'transformer' : 'UNet'})`;
+  }
+  if (flow) {
+    if (arch === 'flux' && spec.mode.type !== 'lora') {
+      return 'mode.type: FLUX.1 is trained as a LoRA (a full fine-tune of its 12-billion-parameter transformer needs about 190 GB for weights and AdamW alone); set mode.type to lora';
+    }
+    if (s.type !== 'joint') return `schedule.type: ${arch} runs train the transformer only; use the joint schedule with transformerLearningRate`;
+    if (s.textEncoderLearningRate > 0) return `schedule.textEncoderLearningRate: ${arch} runs keep the text encoders frozen (their embeddings are computed once and T5 is freed); set it to 0`;
+    if (spec.base.predictionType !== undefined) return `base.predictionType: ${arch} transformers predict the flow velocity; leave predictionType out`;
+  } else if (spec.flow !== undefined) {
+    return `flow: flow-matching settings apply to FLUX.1 and SD 3.5 only, not to ${arch}`;
+  }
+  return null;
+}
+
+/**
  * Parses and validates a spec, filling defaults.
  * @param value parsed JSON (from a file, the API or the store)
  * @param source where it came from, named in the error
@@ -306,6 +431,8 @@ export function parseJobSpec(value: unknown, source = 'job spec'): JobSpec {
     throw new BoothError('INVALID_ARGUMENT', `${source} is invalid: prior.classDir and data.instanceDir are both "${r.data.data.instanceDir}"; the class images would replace the dataset, so give them different folders`);
   }
   const { mode, schedule } = r.data;
+  const problem = familyProblem(r.data);
+  if (problem) throw new BoothError('INVALID_ARGUMENT', `${source} is invalid: ${problem}`);
   if (mode.type === 'lora' && !mode.textEncoder && schedule.type === 'two-stage' && schedule.textEncoder.steps > 0) {
     throw new BoothError(
       'INVALID_ARGUMENT',

@@ -31,14 +31,15 @@ class Stage:
     :ivar name: ``text_encoder``, ``unet`` (two-stage) or ``joint``.
     :ivar steps: optimizer steps in the stage.
     :ivar start: global step at which the stage starts (the number of steps before it).
-    :ivar unet_lr: learning rate of the UNet (0 when the UNet is frozen in this stage).
+    :ivar denoiser_lr: learning rate of the denoiser, the UNet or the FLUX.1/SD 3.5 transformer
+        (0 when it is frozen in this stage).
     :ivar text_encoder_lr: learning rate of the text encoder(s) (0 when frozen).
     """
 
     name: str
     steps: int
     start: int
-    unet_lr: float
+    denoiser_lr: float
     text_encoder_lr: float
 
     @property
@@ -96,14 +97,51 @@ def load_spec(path: str) -> Spec:
     return parse_spec(raw, source=path)
 
 
+#: Architectures whose denoiser is a transformer trained by flow matching.
+FLOW_ARCHITECTURES = ("flux", "sd3")
+
+
+def is_flow(spec: Spec) -> bool:
+    """True for FLUX.1 and SD 3.5 specs (flow matching, transformer denoiser)."""
+    return spec["base"]["architecture"] in FLOW_ARCHITECTURES
+
+
+def family_problems(spec: Spec) -> List[str]:
+    """The rules that tie fields to the architecture family (``familyProblem`` in spec.ts)."""
+    arch = spec["base"]["architecture"]
+    flow = arch in FLOW_ARCHITECTURES
+    s = spec["schedule"]
+    if s["type"] == "joint":
+        want, other = ("transformerLearningRate", "unetLearningRate") if flow else ("unetLearningRate", "transformerLearningRate")
+        if other in s:
+            return [f"schedule.{other}: a {arch} model's denoiser is {'a transformer' if flow else 'a UNet'}; name its learning rate schedule.{want}"]
+        if want not in s:
+            return [f"schedule.{want}: required (the learning rate of the {'transformer' if flow else 'UNet'})"]
+    if flow:
+        if arch == "flux" and spec["mode"]["type"] != "lora":
+            return ["mode.type: FLUX.1 is trained as a LoRA (a full fine-tune of its 12-billion-parameter transformer needs about 190 GB for weights and AdamW alone); set mode.type to lora"]
+        if s["type"] != "joint":
+            return [f"schedule.type: {arch} runs train the transformer only; use the joint schedule with transformerLearningRate"]
+        if float(s.get("textEncoderLearningRate", 0) or 0) > 0:
+            return [f"schedule.textEncoderLearningRate: {arch} runs keep the text encoders frozen (their embeddings are computed once and T5 is freed); set it to 0"]
+        if spec["base"].get("predictionType") is not None:
+            return [f"base.predictionType: {arch} transformers predict the flow velocity; leave predictionType out"]
+    elif spec.get("flow") is not None:
+        return [f"flow: flow-matching settings apply to FLUX.1 and SD 3.5 only, not to {arch}"]
+    return []
+
+
 def semantic_problems(spec: Spec) -> List[str]:
     """Rules JSON Schema cannot express; each entry names the field.
 
+    - the family rules of :func:`family_problems`;
     - every stage has 0 steps (same rule as ``parseJobSpec`` in spec.ts);
     - a LoRA two-stage schedule whose text-encoder stage has steps but ``mode.textEncoder`` is
       false would train nothing in that stage.
     """
-    out: List[str] = []
+    out: List[str] = family_problems(spec)
+    if out:
+        return out
     if total_steps(spec) == 0:
         out.append("schedule: every stage has 0 steps; give the UNet stage some steps")
     mode, sched = spec["mode"], spec["schedule"]
@@ -127,7 +165,8 @@ def stages_of(spec: Spec) -> List[Stage]:
         te_lr = float(s.get("textEncoderLearningRate", 0) or 0)
         if lora and not spec["mode"].get("textEncoder"):
             te_lr = 0.0
-        return [Stage("joint", int(s["steps"]), 0, float(s["unetLearningRate"]), te_lr)]
+        denoiser_lr = s.get("transformerLearningRate", s.get("unetLearningRate"))
+        return [Stage("joint", int(s["steps"]), 0, float(denoiser_lr or 0), te_lr)]
     out: List[Stage] = []
     start = 0
     te, unet = s["textEncoder"], s["unet"]
@@ -156,10 +195,10 @@ def training_fields(spec: Spec) -> Dict[str, Any]:
     """The spec fields that change what a step computes, for the resume fingerprint.
 
     Left out: identity (``session``, ``run``, ``version``), bookkeeping (``resumeState``,
-    ``samples``), ``gradientCheckpointing`` (same math, less memory) and the length of the last
-    stage, which ``booth extend`` raises.
+    ``samples``), ``gradientCheckpointing`` and ``performance`` (same math, other speed or
+    memory) and the length of the last stage, which ``booth extend`` raises.
     """
-    keep = {k: v for k, v in spec.items() if k not in ("version", "session", "run", "resumeState", "samples", "gradientCheckpointing")}
+    keep = {k: v for k, v in spec.items() if k not in ("version", "session", "run", "resumeState", "samples", "gradientCheckpointing", "performance")}
     sched = json.loads(json.dumps(spec["schedule"]))
     if sched["type"] == "joint":
         sched.pop("steps", None)

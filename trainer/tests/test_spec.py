@@ -67,7 +67,7 @@ class BadSpecs(unittest.TestCase):
         self.assertTrue(cm.exception.message.startswith("spec.json is invalid: "), cm.exception.message)
 
     def test_wrong_enum_names_the_field_and_the_allowed_values(self):
-        self.assertBad(with_change(minimal_spec(), "base.architecture", "sd3"), "base.architecture: must be one of 'sd1', 'sd2', 'sdxl' (got 'sd3')")
+        self.assertBad(with_change(minimal_spec(), "base.architecture", "sd4"), "base.architecture: must be one of 'sd1', 'sd2', 'sdxl', 'flux', 'sd3' (got 'sd4')")
 
     def test_missing_required(self):
         self.assertBad(with_change(minimal_spec(), "data.instancePrompt", ...), "data.instancePrompt: is required")
@@ -129,12 +129,12 @@ class StagesAndFingerprint(unittest.TestCase):
     def test_two_stage_without_text_encoder_steps(self):
         spec = parse_spec(with_change(minimal_spec(), "schedule.textEncoder.steps", 0))
         [st] = stages_of(spec)
-        self.assertEqual((st.name, st.start, st.steps, st.unet_lr, st.text_encoder_lr), ("unet", 0, 1500, 2e-6, 0.0))
+        self.assertEqual((st.name, st.start, st.steps, st.denoiser_lr, st.text_encoder_lr), ("unet", 0, 1500, 2e-6, 0.0))
 
     def test_joint_learning_rates(self):
         spec = parse_spec(with_change(minimal_spec(), "schedule", {"type": "joint", "steps": 10, "unetLearningRate": 1e-4, "textEncoderLearningRate": 5e-5}))
         [st] = stages_of(spec)
-        self.assertEqual((st.unet_lr, st.text_encoder_lr), (1e-4, 5e-5))
+        self.assertEqual((st.denoiser_lr, st.text_encoder_lr), (1e-4, 5e-5))
         lora = parse_spec(with_change(spec, "mode", {"type": "lora", "rank": 4, "alpha": 4}))
         self.assertEqual(stages_of(lora)[0].text_encoder_lr, 0.0, "LoRA without mode.textEncoder leaves the text encoder frozen")
 
