@@ -1,11 +1,18 @@
 """Writing and reading the torch files of a resume state (see :mod:`.state` for the layout).
 
 ``trainable.safetensors`` holds the weights trained so far, keyed ``<component>.<parameter>``
-(``unet.conv_in.weight``, ``text_encoder.text_model...``; for LoRA only the adapter tensors,
-``unet....to_q.lora_A.default.weight``). ``optimizer.pt`` holds the optimizer's state dict and
-the fp16 gradient scaler's, ``scheduler.pt`` the ``LambdaLR`` state dict, ``rng.pt`` the Python,
-NumPy, torch CPU and CUDA generator states. Everything in the ``.pt`` files is plain tensors,
-numbers and lists, so they load with ``torch.load(weights_only=True)``.
+(``unet.conv_in.weight``, ``transformer.…``, ``text_encoder.text_model...``; for LoRA only the
+adapter tensors, ``unet....to_q.lora_A.default.weight``). The optimizer's large per-parameter
+tensors (AdamW's ``exp_avg`` and ``exp_avg_sq``) are in one ``optimizer-<name>.safetensors`` per
+name, keyed by parameter index; ``optimizer.pt`` holds the rest of the optimizer's state dict
+(hyperparameters, step counters; a moved tensor is the string ``"@optimizer-<name>.safetensors"``)
+and the fp16 gradient scaler's state. ``scheduler.pt`` holds the ``LambdaLR`` state dict,
+``rng.pt`` the Python, NumPy, torch CPU and CUDA generator states. Everything in the ``.pt`` files
+is plain tensors, numbers, strings and lists, so they load with ``torch.load(weights_only=True)``.
+
+The safetensors files are written concurrently while their SHA-256 is computed
+(:mod:`.tensorio`), and the marker reuses those checksums. States of format 1 (everything of the
+optimizer inside ``optimizer.pt``) still load.
 """
 
 from __future__ import annotations
@@ -60,26 +67,78 @@ def restore_rng(data: Dict[str, Any]) -> None:
 
 
 def trainable_tensors(modules: Dict[str, torch.nn.Module], lora: bool) -> Dict[str, torch.Tensor]:
-    """Tensors to save, keyed ``<component>.<name>``: whole state dicts, or only LoRA tensors."""
+    """Tensors to save, keyed ``<component>.<name>``: whole state dicts, or only LoRA tensors.
+    They stay where they are (the writer copies them from the GPU in chunks)."""
     out: Dict[str, torch.Tensor] = {}
     for prefix, module in modules.items():
         for name, t in module.state_dict().items():
             if lora and "lora_" not in name:
                 continue
-            out[f"{prefix}.{name}"] = t.detach().to("cpu").contiguous()
+            out[f"{prefix}.{name}"] = t.detach()
     return out
 
 
-def load_trainable(path: str, modules: Dict[str, torch.nn.Module], lora: bool) -> List[str]:
+#: Optimizer state tensors with at least this many elements go to their own safetensors files.
+SPLIT_NUMEL = 1024
+
+
+def split_optimizer_state(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Dict[str, torch.Tensor]]]:
+    """Moves the large tensors of an optimizer state dict into per-name groups.
+
+    :returns: ``(rest, files)``: the state dict with each moved tensor replaced by
+        ``"@<file>"``, and ``{file: {str(param_index): tensor}}``.
+    """
+    files: Dict[str, Dict[str, torch.Tensor]] = {}
+    state: Dict[Any, Dict[str, Any]] = {}
+    for pid, entry in sd["state"].items():
+        kept: Dict[str, Any] = {}
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor) and value.numel() >= SPLIT_NUMEL:
+                fname = f"optimizer-{name}.safetensors"
+                files.setdefault(fname, {})[str(pid)] = value.detach()
+                kept[name] = "@" + fname
+            else:
+                kept[name] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
+        state[pid] = kept
+    return {"state": state, "param_groups": sd["param_groups"]}, files
+
+
+def load_optimizer_state(folder: str, device: Optional[torch.device] = None) -> Dict[str, Any]:
+    """``optimizer.pt`` of a state with the moved tensors read back (onto ``device`` directly).
+
+    :returns: ``{"optimizer": state_dict, "grad_scaler": ... or None}``.
+    :raises ValueError: when a referenced file or tensor is missing.
+    """
+    from .tensorio import read_safetensors
+
+    data = load_torch_file(folder, "optimizer.pt")
+    sd = data["optimizer"]
+    cache: Dict[str, Dict[str, torch.Tensor]] = {}
+    for pid, entry in sd["state"].items():
+        for name, value in list(entry.items()):
+            if isinstance(value, str) and value.startswith("@"):
+                fname = value[1:]
+                if "/" in fname or fname.startswith("."):
+                    raise ValueError(f"optimizer.pt names a bad file {fname!r}")
+                if fname not in cache:
+                    cache[fname] = read_safetensors(os.path.join(folder, fname), device or torch.device("cpu"))[0]
+                if str(pid) not in cache[fname]:
+                    raise ValueError(f"{fname} has no tensor for parameter {pid}")
+                entry[name] = cache[fname][str(pid)]
+    return data
+
+
+def load_trainable(path: str, modules: Dict[str, torch.nn.Module], lora: bool, device: Optional[torch.device] = None) -> List[str]:
     """Loads ``trainable.safetensors`` into the named modules.
 
+    :param device: where to read the tensors to (the modules' device: no host copy in between).
     :returns: the component names found in the file.
     :raises ValueError: when a tensor belongs to no known component, or a module's keys do not
         match (a state from another model or mode).
     """
-    from safetensors.torch import load_file
+    from .tensorio import read_safetensors
 
-    tensors = load_file(path, device="cpu")
+    tensors = read_safetensors(path, device or torch.device("cpu"))[0]
     groups: Dict[str, Dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         prefix, _, name = key.partition(".")
@@ -115,8 +174,8 @@ def save_resume_state(
     :returns: ``(folder, bytes)``.
     """
     folder = begin_state(work, step)
-    write_shared_files(folder, meta, modules, lora, optimizer, scheduler, scaler)
-    return folder, finalize_state(folder, step)
+    known = write_shared_files(folder, meta, modules, lora, optimizer, scheduler, scaler)
+    return folder, finalize_state(folder, step, known)
 
 
 def write_shared_files(
@@ -128,19 +187,32 @@ def write_shared_files(
     scheduler: Any,
     scaler: Optional[Any],
     cuda_device: Optional[int] = None,
-) -> None:
+) -> Dict[str, Tuple[int, str]]:
     """Writes every file of a state but ``COMPLETE`` and the other ranks' RNG files: weights,
     optimizer, scheduler, this process's RNG as ``rng.pt`` and ``state.json`` (rank 0's part).
 
-    :param cuda_device: passed to :func:`capture_rng` (multi-process runs).
-    """
-    from safetensors.torch import save_file
+    The large files are written concurrently (:class:`.tensorio.ParallelWriter`).
 
-    save_file(trainable_tensors(modules, lora), os.path.join(folder, "trainable.safetensors"), metadata={"format": "pt"})
-    torch.save({"optimizer": optimizer.state_dict(), "grad_scaler": scaler.state_dict() if scaler is not None else None}, os.path.join(folder, "optimizer.pt"))
-    torch.save(scheduler.state_dict(), os.path.join(folder, "scheduler.pt"))
-    torch.save(capture_rng(cuda_device), os.path.join(folder, "rng.pt"))
-    write_json_atomic(os.path.join(folder, "state.json"), dict(meta, format=STATE_FORMAT))
+    :param cuda_device: passed to :func:`capture_rng` (multi-process runs).
+    :returns: ``{file name: (size, sha256)}`` of the files whose checksum was computed while
+        writing (for :func:`.state.finalize_state`).
+    """
+    from .tensorio import ParallelWriter
+
+    rest, files = split_optimizer_state(optimizer.state_dict())
+    writer = ParallelWriter(workers=1 + len(files))
+    writer.add(os.path.join(folder, "trainable.safetensors"), trainable_tensors(modules, lora), {"format": "pt"})
+    for fname, tensors in files.items():
+        writer.add(os.path.join(folder, fname), tensors, {"format": "pt"})
+    try:
+        # The small files are written while the threads copy and hash the large ones.
+        torch.save({"optimizer": rest, "grad_scaler": scaler.state_dict() if scaler is not None else None}, os.path.join(folder, "optimizer.pt"))
+        torch.save(scheduler.state_dict(), os.path.join(folder, "scheduler.pt"))
+        torch.save(capture_rng(cuda_device), os.path.join(folder, "rng.pt"))
+        write_json_atomic(os.path.join(folder, "state.json"), dict(meta, format=STATE_FORMAT))
+    finally:
+        done = writer.wait()
+    return {os.path.basename(p): v for p, v in done.items()}
 
 
 def write_rank_rng(folder: str, name: str, cuda_device: Optional[int] = None) -> None:

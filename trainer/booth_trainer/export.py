@@ -1,5 +1,9 @@
 """The final model: a loadable Diffusers folder (full) or a LoRA safetensors file.
 
+The LoRA file's keys are prefixed by the component: ``unet.``/``text_encoder.`` for the SD
+families, ``transformer.`` for FLUX.1 and SD 3.5 (what ``FluxPipeline.load_lora_weights`` and
+``StableDiffusion3Pipeline.load_lora_weights`` read).
+
 Full: the pipeline is loaded from the base model with the trained components passed in, so
 unchanged parts (VAE, tokenizers, scheduler, an untrained text encoder) are written from the
 base files in their own precision, not from the half-precision copies used during training.
@@ -56,7 +60,7 @@ def export_full(work: str, spec: Dict[str, Any], comps: Components, trained: Dic
     :param trained: components trained in this run by name (``unet``, ``text_encoder``, ...).
     :returns: bytes written.
     """
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import AutoencoderKL, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import logging as diffusers_logging
 
     # Loading a pipeline draws a carriage-return progress bar on stderr, which the worker's
@@ -66,13 +70,15 @@ def export_full(work: str, spec: Dict[str, Any], comps: Components, trained: Dic
     kwargs: Dict[str, Any] = dict(trained)
     if base.get("vae"):
         kwargs["vae"] = AutoencoderKL.from_pretrained(base["vae"], **_source_kwargs(base["vae"], None))
-    if comps.is_sdxl:
+    if comps.arch == "sd3":
+        cls = StableDiffusion3Pipeline
+    elif comps.is_sdxl:
         cls = StableDiffusionXLPipeline
     else:
         cls = StableDiffusionPipeline
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe = cls.from_pretrained(base["model"], **_source_kwargs(base["model"], base.get("revision")), **kwargs)
-    if getattr(pipe.scheduler.config, "prediction_type", None) != comps.prediction_type:
+    if not comps.is_flow and getattr(pipe.scheduler.config, "prediction_type", None) != comps.prediction_type:
         # base.predictionType overrides the base config; the saved model must say what it predicts.
         pipe.scheduler.register_to_config(prediction_type=comps.prediction_type)
     tmp = _fresh_tmp(work)

@@ -22,25 +22,33 @@ from .progress import log
 
 @dataclass
 class Components:
-    """The parts of a Stable Diffusion model.
+    """The parts of a base model.
 
-    :ivar arch: ``sd1``, ``sd2`` or ``sdxl``.
-    :ivar tokenizers: one (SD1/SD2) or two (SDXL) ``CLIPTokenizer``.
-    :ivar text_encoders: ``CLIPTextModel`` (+ ``CLIPTextModelWithProjection`` for SDXL).
-    :ivar vae: ``AutoencoderKL``.
-    :ivar unet: ``UNet2DConditionModel``.
-    :ivar noise_scheduler: ``DDPMScheduler`` with the base model's betas.
-    :ivar prediction_type: ``epsilon`` or ``v_prediction``.
+    :ivar arch: ``sd1``, ``sd2``, ``sdxl`` (UNet families), ``flux`` or ``sd3`` (flow families).
+    :ivar tokenizers: one per text encoder: ``CLIPTokenizer`` (SD1/SD2), two (SDXL), CLIP + T5
+        (FLUX.1), CLIP-L + CLIP-G + T5 (SD 3.5).
+    :ivar text_encoders: the text encoders in the same order; the flow families replace them by
+        None once every prompt's embeddings are computed (T5-XXL alone is 9 GiB).
+    :ivar vae: ``AutoencoderKL`` (4 latent channels, or 16 for FLUX.1 and SD 3.5).
+    :ivar denoiser: ``UNet2DConditionModel``, ``FluxTransformer2DModel`` or ``SD3Transformer2DModel``.
+    :ivar noise_scheduler: ``DDPMScheduler`` with the base model's betas (UNet families) or the
+        model's ``FlowMatchEulerDiscreteScheduler`` (flow families; its config gives the shift).
+    :ivar prediction_type: ``epsilon`` or ``v_prediction`` (UNet), ``flow`` (velocity ``eps - x0``).
     """
 
     arch: str
     tokenizers: List[Any]
     text_encoders: List[Any]
     vae: Any
-    unet: Any
+    denoiser: Any
     noise_scheduler: Any
     prediction_type: str
     token_cache: Dict[Tuple[int, str], torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def unet(self) -> Any:
+        """The denoiser of a UNet family (the name the SD pipelines use)."""
+        return self.denoiser
 
     @property
     def is_sdxl(self) -> bool:
@@ -48,9 +56,19 @@ class Components:
         return self.arch == "sdxl"
 
     @property
+    def is_flow(self) -> bool:
+        """True for FLUX.1 and SD 3.5 (transformer trained by flow matching)."""
+        return self.arch in ("flux", "sd3")
+
+    @property
+    def denoiser_name(self) -> str:
+        """Component name of the denoiser: ``unet`` or ``transformer`` (resume-state key prefix)."""
+        return "transformer" if self.is_flow else "unet"
+
+    @property
     def te_names(self) -> List[str]:
-        """Component names of the text encoders (``text_encoder``, ``text_encoder_2``)."""
-        return ["text_encoder", "text_encoder_2"][: len(self.text_encoders)]
+        """Component names of the text encoders (``text_encoder``, ``text_encoder_2``, ``text_encoder_3``)."""
+        return ["text_encoder", "text_encoder_2", "text_encoder_3"][: len(self.text_encoders)]
 
     def latent_scale(self) -> Tuple[float, Optional[float]]:
         """``(scaling_factor, shift_factor)`` of the VAE (SD: 0.18215, SDXL: 0.13025; no shift)."""
@@ -64,7 +82,8 @@ def _source_kwargs(name: str, revision: Optional[str]) -> Dict[str, Any]:
 
 
 def load_components(spec: Dict[str, Any]) -> Components:
-    """Loads every part of the base model in float32 on the CPU.
+    """Loads every part of a UNet-family base model (SD 1.x/2.x/SDXL) in float32 on the CPU
+    (the flow families load through :func:`.flow_models.load_flow_components`).
 
     :param spec: the validated job spec (``base``).
     :returns: the components; ``prediction_type`` from ``base.predictionType`` or else the
@@ -106,12 +125,12 @@ def load_components(spec: Dict[str, Any]) -> Components:
         noise_scheduler.register_to_config(prediction_type=prediction)
     for m in [unet, vae, *text_encoders]:
         m.requires_grad_(False)
-    return Components(arch=arch, tokenizers=tokenizers, text_encoders=text_encoders, vae=vae, unet=unet, noise_scheduler=noise_scheduler, prediction_type=prediction)
+    return Components(arch=arch, tokenizers=tokenizers, text_encoders=text_encoders, vae=vae, denoiser=unet, noise_scheduler=noise_scheduler, prediction_type=prediction)
 
 
-def attention_backends(unet: Any) -> List[str]:
-    """Names of the attention processors the UNet uses (``AttnProcessor2_0`` is SDPA)."""
-    return sorted({type(p).__name__ for p in unet.attn_processors.values()})
+def attention_backends(denoiser: Any) -> List[str]:
+    """Names of the attention processors the denoiser uses (``AttnProcessor2_0`` is SDPA)."""
+    return sorted({type(p).__name__ for p in denoiser.attn_processors.values()})
 
 
 def token_ids(comps: Components, captions: List[str], device: torch.device) -> List[torch.Tensor]:
@@ -180,22 +199,28 @@ def load_image(path: str, resolution: int) -> Tuple[torch.Tensor, Tuple[int, int
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), (h, w), (top, left)
 
 
-def check_lora_targets(unet: Any) -> None:
-    """Raises when the UNet has none of the attention projections LoRA targets."""
-    names = {n.rsplit(".", 1)[-1] for n, _ in unet.named_modules()}
+def check_lora_targets(denoiser: Any) -> None:
+    """Raises when the denoiser has none of the attention projections LoRA targets."""
+    names = {n.rsplit(".", 1)[-1] for n, _ in denoiser.named_modules()}
     if not {"to_q", "to_k", "to_v"} & names:
-        raise TrainerError("spec", "the UNet has no attention projections (to_q/to_k/to_v) to put LoRA adapters on")
+        raise TrainerError("spec", f"the {type(denoiser).__name__} has no attention projections (to_q/to_k/to_v) to put LoRA adapters on")
 
 
+#: UNet attention projections (self- and cross-attention), the layers DreamBooth LoRA trains.
 UNET_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+#: ``attention-mlp`` for the UNet adds the transformer blocks' feed-forward projections (GEGLU in, out).
+UNET_LORA_TARGETS_MLP = UNET_LORA_TARGETS + ["ff.net.0.proj", "ff.net.2"]
 TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-def add_lora(module: Any, rank: int, alpha: float, dropout: float, targets: List[str]) -> None:
+def add_lora(module: Any, rank: int, alpha: float, dropout: float, targets: Any) -> None:
     """Injects a LoRA adapter named ``default`` (Hu et al. 2021; update scaled by alpha / rank).
 
     Works for diffusers models and transformers models alike (both have ``add_adapter``). The
     adapter parameters are made float32 (they are the trained master weights).
+
+    :param targets: module-name suffixes, or one regular expression that must match a module's
+        whole name (peft's two forms of ``target_modules``).
     """
     from peft import LoraConfig
 

@@ -12,11 +12,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import torch
 
 from .models import Components
+
+#: ``render(prompts, seeds, resolution, steps, guidance, negative) -> PIL images``.
+Renderer = Callable[[List[str], List[int], int, int, float, Optional[str]], List[Any]]
+
+
+def renderer(comps: Components, flow_embeds: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> Renderer:
+    """A render function over the in-memory components of any family (the flow families take
+    their prompts' precomputed embeddings, :mod:`.flow_models`)."""
+    if comps.is_flow:
+        from . import flow_models
+
+        fpipe = flow_models.build_pipeline(comps)
+        embeds = flow_embeds or {}
+        return lambda prompts, seeds, res, steps, guidance, negative: flow_models.render(fpipe, comps, embeds, prompts, seeds, res, steps, guidance, negative)
+    pipe = build_pipeline(comps)
+    return lambda prompts, seeds, res, steps, guidance, negative: render(pipe, prompts, seeds, res, steps, guidance, negative)
 
 
 def build_pipeline(comps: Components) -> Any:
@@ -52,7 +68,7 @@ def build_pipeline(comps: Components) -> Any:
 @contextlib.contextmanager
 def rendering(comps: Components, device: torch.device, autocast: Callable[[], Any]) -> Iterator[None]:
     """Eval mode, no grad, autocast and a forked RNG; the previous train/eval modes come back after."""
-    modules = [comps.unet, comps.vae, *comps.text_encoders]
+    modules = [comps.denoiser, comps.vae, *[te for te in comps.text_encoders if te is not None]]
     modes = [m.training for m in modules]
     devices = [device.index or 0] if device.type == "cuda" else []
     try:

@@ -15,6 +15,14 @@ One :class:`Trainer` run goes through these phases (docs/trainer.md has the why 
    restored right before the first step; a frozen text encoder's embeddings are computed once;
 7. save resume states (interval, stage end, signal, final), samples, and the final model.
 
+The family of the base model (UNet: SD 1.x/2.x/SDXL; flow matching: FLUX.1, SD 3.5) decides only
+what a micro-batch computes (:mod:`.families`) and how the parts load and render
+(:mod:`.models`, :mod:`.flow_models`). The flow families' text encoders are frozen: every prompt
+is encoded once (and cached on disk), then the encoders are freed before anything else.
+
+Speed (:mod:`.speed`, ``spec.performance``): the loss of a step is read asynchronously, the
+denoiser may be compiled, and a stage with static shapes may run each step as one CUDA graph.
+
 The only signal-handling work here is polling :attr:`.signals.StopSignals.requested` after each
 optimizer step; the phases before training raise :class:`~.errors.Preempted` from the handler.
 
@@ -26,15 +34,15 @@ per step, and only rank 0 prints events and writes outputs (docs/trainer.md, "Se
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
@@ -42,11 +50,12 @@ from . import EXIT_PREEMPTED, PROTOCOL_VERSION
 from .check import package_version
 from .dataset import Item, missing_class_names, scan_class_images, scan_instances
 from .errors import TrainerError
-from .losses import add_noise, make_noise, min_snr_weights, per_sample_mse, target_for
+from .families import Family, family_for
 from .lr import make_lambda
 from .models import (
     TEXT_LORA_TARGETS,
     UNET_LORA_TARGETS,
+    UNET_LORA_TARGETS_MLP,
     Components,
     add_lora,
     attention_backends,
@@ -61,18 +70,28 @@ from .distributed import Collective, World, rank_seed, reseed_after_world_change
 from .order import DataOrder
 from .progress import Emitter, Throughput, log
 from .signals import StopSignals
-from .spec import Spec, Stage, changed_fields, fingerprint, stages_of, total_steps, training_fields
+from .spec import Spec, Stage, changed_fields, fingerprint, is_flow, stages_of, total_steps, training_fields
+from .speed import LossReader, StepGraph, compile_mode, compiled, configure_backends, graph_blockers, log_speed_plan
 from .state import Candidate, load_candidate, read_state_json, relative_state_path, select_latest, state_path
+
+
+#: Eager steps at the start of a stage before its CUDA graph is captured (the first compiles
+#: and creates the optimizer state; PyTorch's graph documentation asks for warm-up steps).
+GRAPH_WARMUP_STEPS = 2
+
+Batch = Dict[str, torch.Tensor]
 
 
 @dataclass
 class Example:
-    """One image ready for training: cached latent posterior or pixels, caption, SDXL time ids."""
+    """One image ready for training: cached latent posterior or pixels, caption, SDXL time ids
+    (a list, and the same as a float32 tensor on the training device)."""
 
     item: Item
     mean: Optional[torch.Tensor]
     std: Optional[torch.Tensor]
     time_ids: List[float]
+    time_ids_t: Optional[torch.Tensor] = None
 
 
 class Trainer:
@@ -101,6 +120,10 @@ class Trainer:
         self.world = World()
         #: The process group's operations; None in a single-process run (every use is guarded).
         self.dist: Optional[Collective] = None
+        self.perf: Dict[str, Any] = dict(spec.get("performance") or {})
+        #: Prompt embeddings of the flow families (every prompt, computed once before training).
+        self.flow_embeds: Dict[str, Dict[str, torch.Tensor]] = {}
+        self._t0 = time.monotonic()
 
     # ----------------------------------------------------------------- setup
 
@@ -131,16 +154,20 @@ class Trainer:
             mp = "no"
         if mp == "bf16" and dev == "cuda" and not torch.cuda.is_bf16_supported():
             raise TrainerError("spec", "mixedPrecision is bf16 but this GPU does not support bfloat16; use fp16")
+        if mp == "no" and dev == "cuda" and is_flow(self.spec):
+            log("warning: mixedPrecision no keeps FLUX.1/SD 3.5 weights in float32 (twice the memory of bf16)")
         self.precision = mp
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[mp]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's exponent range.
         self.scaler = torch.amp.GradScaler("cuda") if mp == "fp16" and dev == "cuda" else None
 
     def autocast(self) -> Any:
-        """Autocast context for the precision in use (a no-op for float32)."""
+        """Autocast context for the precision in use (a no-op for float32). Its weight-cast cache
+        is off: PyTorch requires that for CUDA graph capture, and a training forward uses each
+        weight once anyway."""
         if self.precision == "no":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.weight_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.weight_dtype, cache_enabled=False)
 
     def _find_resume(self) -> Optional[Candidate]:
         if self.resume == "none":
@@ -213,10 +240,15 @@ class Trainer:
         self.step = self.start_step
         log(f"device {self.device}, precision {self.precision}; " + (f"resuming from {relative_state_path(cand.step)}" if cand else "starting at step 0"))
 
-        comps = load_components(self.spec)
+        configure_backends(self.device, self.perf)
+        if is_flow(self.spec):
+            comps = self._load_flow()
+        else:
+            comps = load_components(self.spec)
         self.comps = comps
+        self.family: Family = family_for(comps, self.spec, self.device, self.weight_dtype)
         self.signals.check_early()
-        log(f"loaded {self.spec['base']['model']} ({comps.arch}, {comps.prediction_type}); attention: {', '.join(attention_backends(comps.unet))}")
+        log(f"loaded {self.spec['base']['model']} ({comps.arch}, {comps.prediction_type}) in {time.monotonic() - self._t0:.1f} s since start; attention: {', '.join(attention_backends(comps.denoiser))}")
         self._plan_modules()
         self._place_modules(for_generation=True)
         self.emitter.emit(
@@ -250,19 +282,77 @@ class Trainer:
 
         self._prepare_data()
         self.signals.check_early()
+        log(f"ready to train {time.monotonic() - self._t0:.1f} s after start")
         return self._train(cand)
+
+    # ---------------------------------------------------------- flow families
+
+    def _flow_prompts(self) -> List[str]:
+        """Every prompt a flow-family run encodes: instance captions, the class prompt, sample
+        prompts and the negative prompt (SD 3.5 guidance; the empty prompt when none)."""
+        data = self.spec["data"]
+        listing = scan_instances(os.path.join(self.work, data["instanceDir"]), data["instancePrompt"], data["captions"])
+        prompts = {it.caption for it in listing.items}
+        prior = self.spec.get("prior") or {}
+        if prior.get("enabled"):
+            prompts.add(prior["classPrompt"])
+        s = self.spec["samples"]
+        prompts.update(s["prompts"])
+        if self.spec["base"]["architecture"] == "sd3":
+            prompts.add(s.get("negativePrompt") or "")
+        return sorted(prompts)
+
+    def _load_flow(self) -> Components:
+        """Loads a FLUX.1/SD 3.5 model and the embeddings of every prompt, from the cache
+        (``cache/text-<key>.safetensors``, which lets a resumed run skip T5) or by encoding them
+        with the text encoders, which are then freed."""
+        from .flow_models import embedding_cache_key, encode_prompts, load_embeddings, load_flow_components, max_sequence_length, save_embeddings
+
+        prompts = self._flow_prompts()
+        t5_len = max_sequence_length(self.spec)
+        wd = self.weight_dtype
+        path = os.path.join(self.work, "cache", f"text-{embedding_cache_key(self.spec, prompts, t5_len, wd)}.safetensors")
+        cached = load_embeddings(path, self.device)
+        have = cached is not None and all(p in cached for p in prompts)
+        full = self.spec["mode"]["type"] == "full"
+        comps = load_flow_components(self.spec, wd, with_text_encoders=not have, denoiser_dtype=torch.float32 if full else wd)
+        if have:
+            assert cached is not None
+            self.flow_embeds = cached
+            log(f"text encoders not loaded: embeddings of {len(prompts)} prompts from {os.path.relpath(path, self.work)}")
+            return comps
+        started = time.monotonic()
+        encoders = [te.to(self.device) for te in comps.text_encoders]
+        embeds: Dict[str, Dict[str, torch.Tensor]] = {}
+        with torch.no_grad(), self.autocast():
+            for i in range(0, len(prompts), 8):
+                chunk = prompts[i : i + 8]
+                out = encode_prompts(comps, chunk, self.device, t5_len)
+                for j, p in enumerate(chunk):
+                    embeds[p] = {k: v[j].detach().to(wd) for k, v in out.items()}
+                self.signals.check_early()
+        del encoders
+        comps.text_encoders = [None] * len(comps.text_encoders)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.world.is_main:
+            save_embeddings(path, embeds)
+        self.flow_embeds = embeds
+        log(f"encoded {len(prompts)} prompts (T5 {t5_len} tokens) in {time.monotonic() - started:.1f} s; text encoders freed")
+        return comps
 
     # -------------------------------------------------------------- modules
 
     def _plan_modules(self) -> None:
         """Which components are trained in some stage (full) or carry adapters (LoRA)."""
         comps = self.comps
-        self.trains_unet = any(s.unet_lr > 0 for s in self.stages)
+        self.trains_denoiser = any(s.denoiser_lr > 0 for s in self.stages)
         self.trains_te = any(s.text_encoder_lr > 0 for s in self.stages)
-        self.components: Dict[str, torch.nn.Module] = {"unet": comps.unet}
+        self.components: Dict[str, torch.nn.Module] = {comps.denoiser_name: comps.denoiser}
         for name, te in zip(comps.te_names, comps.text_encoders):
-            self.components[name] = te
-        ever = ["unet"] if self.trains_unet else []
+            if te is not None:
+                self.components[name] = te
+        ever = [comps.denoiser_name] if self.trains_denoiser else []
         if self.trains_te:
             ever += comps.te_names
         self.ever_trained = ever
@@ -274,27 +364,47 @@ class Trainer:
         comps = self.comps
         wd = self.weight_dtype
         vae_dtype = torch.float32 if (comps.is_sdxl and wd == torch.float16 and not self.spec["base"].get("vae")) else wd
+        if comps.is_flow:
+            # 84 M parameters, used once per image and for samples: float32 costs nothing.
+            vae_dtype = torch.float32
         if for_generation:
             comps.vae.to(self.device, dtype=vae_dtype)
             for name, m in self.components.items():
                 keep_fp32 = name in self.ever_trained and not self.lora
                 m.to(self.device, dtype=torch.float32 if keep_fp32 else wd)
+            if self._channels_last():
+                comps.denoiser.to(memory_format=torch.channels_last)
             return
         if self.lora:
             mode = self.spec["mode"]
-            check_lora_targets(comps.unet)
-            if self.trains_unet:
-                add_lora(comps.unet, int(mode["rank"]), float(mode["alpha"]), float(mode.get("dropout", 0)), UNET_LORA_TARGETS)
+            check_lora_targets(comps.denoiser)
+            if self.trains_denoiser:
+                add_lora(comps.denoiser, int(mode["rank"]), float(mode["alpha"]), float(mode.get("dropout", 0)), self._lora_targets())
             if self.trains_te:
                 for te in comps.text_encoders:
                     add_lora(te, int(mode["rank"]), float(mode["alpha"]), float(mode.get("dropout", 0)), TEXT_LORA_TARGETS)
         if self.spec["gradientCheckpointing"]:
-            comps.unet.enable_gradient_checkpointing()
+            comps.denoiser.enable_gradient_checkpointing()
             for te in comps.text_encoders:
-                if self.trains_te:
+                if self.trains_te and te is not None:
                     te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         for m in self.components.values():
             m.requires_grad_(False)
+
+    def _lora_targets(self) -> Any:
+        """``mode.targets`` of a LoRA run as peft ``target_modules`` for this family (default:
+        ``attention`` for the UNet, ``attention-mlp`` for FLUX.1 and SD 3.5)."""
+        comps = self.comps
+        which = self.spec["mode"].get("targets") or ("attention-mlp" if comps.is_flow else "attention")
+        if comps.is_flow:
+            from .flow_models import lora_targets
+
+            return lora_targets(comps.arch, which)
+        return UNET_LORA_TARGETS_MLP if which == "attention-mlp" else UNET_LORA_TARGETS
+
+    def _channels_last(self) -> bool:
+        """Channels-last layout for a UNet on CUDA (``performance.channelsLast``)."""
+        return bool(self.perf.get("channelsLast", True)) and self.device.type == "cuda" and not self.comps.is_flow
 
     def _trainable_params(self, module: torch.nn.Module) -> List[torch.nn.Parameter]:
         if self.lora:
@@ -305,9 +415,10 @@ class Trainer:
         """Components whose weights a resume state holds: for LoRA every adapter, for full
         fine-tuning the components trained up to and including ``stage_index``."""
         names: List[str] = []
+        den = self.comps.denoiser_name
         for st in self.stages[: stage_index + 1] if not self.lora else self.stages:
-            if st.unet_lr > 0 and "unet" not in names:
-                names.append("unet")
+            if st.denoiser_lr > 0 and den not in names:
+                names.append(den)
             if st.text_encoder_lr > 0:
                 names += [n for n in self.comps.te_names if n not in names]
         return {n: self.components[n] for n in names}
@@ -316,7 +427,7 @@ class Trainer:
         from .checkpoint import load_trainable
 
         try:
-            found = load_trainable(os.path.join(cand.path, "trainable.safetensors"), dict(self.components), self.lora)
+            found = load_trainable(os.path.join(cand.path, "trainable.safetensors"), dict(self.components), self.lora, self.device)
         except (ValueError, RuntimeError) as e:
             raise TrainerError("data", f"the weights in {relative_state_path(cand.step)} do not fit this model: {e}") from e
         log(f"loaded trained weights of {', '.join(found) or 'nothing'} from {relative_state_path(cand.step)}")
@@ -324,7 +435,7 @@ class Trainer:
     # ------------------------------------------------------------------ data
 
     def _generate_class_images(self) -> None:
-        from .sampling import build_pipeline, render, rendering, save_png
+        from .sampling import renderer, rendering, save_png
 
         prior = self.prior
         rel = prior["classDir"]
@@ -342,14 +453,16 @@ class Trainer:
             names = names[self.world.rank :: self.world.size]
         log(f"generating {len(names)} class images for {prior['classPrompt']!r} into {rel}/")
         self.emitter.emit("class_images", done=done, total=total, dir=rel)
-        pipe = build_pipeline(self.comps)
+        render = renderer(self.comps, self.flow_embeds)
         batch = 4 if self.device.type == "cuda" else 1
         seed = int(self.spec["seed"])
+        # The guidance of each family's reference pipelines: CFG 7.5 (SD), embedded 3.5 (FLUX.1 [dev]).
+        guidance = 3.5 if self.comps.arch == "flux" else 7.5
         with rendering(self.comps, self.device, self.autocast):
             for i in range(0, len(names), batch):
                 chunk = names[i : i + batch]
                 seeds = [seed * 100003 + int(n.split("-")[1].split(".")[0]) for n in chunk]
-                images = render(pipe, [prior["classPrompt"]] * len(chunk), seeds, int(self.spec["resolution"]), int(prior["generationSteps"]), 7.5, None)
+                images = render([prior["classPrompt"]] * len(chunk), seeds, int(self.spec["resolution"]), int(prior["generationSteps"]), guidance, None)
                 with self.signals.deferred():
                     for name, image in zip(chunk, images):
                         save_png(image, os.path.join(folder, name))
@@ -381,7 +494,7 @@ class Trainer:
         if path and os.path.exists(path):
             try:
                 data = torch.load(path, map_location="cpu", weights_only=True)
-                out = [Example(items[i], m.to(self.device), s.to(self.device), t) for i, m, s, t in zip(data["index"], data["mean"], data["std"], data["time_ids"])]
+                out = [Example(items[i], m.to(self.device), s.to(self.device), t, self._time_ids(t)) for i, m, s, t in zip(data["index"], data["mean"], data["std"], data["time_ids"])]
                 log(f"using cached latents of {len(out)} {kind} images ({os.path.relpath(path, self.work)})")
                 return out
             except Exception as e:  # a damaged cache is only slower
@@ -394,7 +507,8 @@ class Trainer:
             except Exception as e:
                 log(f"warning: leaving out {kind} image {it.name}: it cannot be decoded ({e})")
                 continue
-            ex = Example(it, None, None, sdxl_time_ids(orig, crop, (res, res)))
+            tids = sdxl_time_ids(orig, crop, (res, res))
+            ex = Example(it, None, None, tids, self._time_ids(tids))
             if cache:
                 with torch.no_grad():
                     dist = vae.encode(pixels[None].to(self.device, dtype=vae.dtype)).latent_dist
@@ -414,6 +528,10 @@ class Trainer:
             os.replace(tmp, path)
         return out
 
+    def _time_ids(self, values: List[float]) -> torch.Tensor:
+        # float32: sizes such as 3023 px are not exact in bf16. Made once, not per step.
+        return torch.tensor(values, device=self.device, dtype=torch.float32)
+
     def _prepare_data(self) -> None:
         data = self.spec["data"]
         listing = scan_instances(os.path.join(self.work, data["instanceDir"]), data["instancePrompt"], data["captions"])
@@ -428,26 +546,30 @@ class Trainer:
             self.classes = self._examples(items, "class")
         log(f"{len(self.instances)} instance images" + (f", {len(self.classes)} class images" if self.prior else ""))
 
-    def _latents(self, examples: List[Example]) -> torch.Tensor:
-        """Latents (B, 4, R/8, R/8) scaled by the VAE's scaling factor."""
+    def _latents(self, batch: Batch) -> torch.Tensor:
+        """Latents (B, C, R/8, R/8) of a batch, ``(z - shift) * scale`` with the VAE's factors;
+        with cached latents a fresh draw ``mean + std * eps`` from the posterior."""
         scale, shift = self.comps.latent_scale()
-        if examples[0].mean is not None:
-            mean = torch.stack([e.mean for e in examples])
-            std = torch.stack([e.std for e in examples])
-            x = mean + std * torch.randn_like(mean)
+        if "latents" in batch:
+            x = batch["latents"]
         else:
-            pixels = []
-            for e in examples:
-                p, _, _ = load_image(e.item.path, int(self.spec["resolution"]))
-                if self.spec["data"]["randomFlip"] and random.random() < 0.5:
-                    p = torch.flip(p, dims=[2])
-                pixels.append(p)
-            vae = self.comps.vae
-            with torch.no_grad():
-                x = vae.encode(torch.stack(pixels).to(self.device, dtype=vae.dtype)).latent_dist.sample().float()
+            mean, std = batch["mean"], batch["std"]
+            x = mean + std * torch.randn_like(mean)
         if shift is not None:
             x = x - shift
         return x * scale
+
+    def _encode_pixels(self, examples: List[Example]) -> torch.Tensor:
+        """VAE posterior samples of images decoded now (without ``cacheLatents``), unscaled."""
+        pixels = []
+        for e in examples:
+            p, _, _ = load_image(e.item.path, int(self.spec["resolution"]))
+            if self.spec["data"]["randomFlip"] and random.random() < 0.5:
+                p = torch.flip(p, dims=[2])
+            pixels.append(p)
+        vae = self.comps.vae
+        with torch.no_grad():
+            return vae.encode(torch.stack(pixels).to(self.device, dtype=vae.dtype)).latent_dist.sample().float()
 
     # --------------------------------------------------------------- stages
 
@@ -458,12 +580,12 @@ class Trainer:
         for m in self.components.values():
             m.requires_grad_(False)
             m.eval()
-        if stage.unet_lr > 0:
-            params = self._trainable_params(comps.unet)
+        if stage.denoiser_lr > 0:
+            params = self._trainable_params(comps.denoiser)
             for p in params:
                 p.requires_grad_(True)
-            comps.unet.train()
-            groups.append({"params": params, "lr": stage.unet_lr})
+            comps.denoiser.train()
+            groups.append({"params": params, "lr": stage.denoiser_lr})
         if stage.text_encoder_lr > 0:
             params = []
             for te in comps.text_encoders:
@@ -477,7 +599,8 @@ class Trainer:
             raise TrainerError("spec", f"stage {stage.name} has nothing to train")
         return groups
 
-    def _make_optimizer(self, groups: List[Dict[str, Any]]) -> torch.optim.Optimizer:
+    def _make_optimizer(self, groups: List[Dict[str, Any]], capturable: bool = False) -> torch.optim.Optimizer:
+        """AdamW (fused on CUDA; ``capturable`` for a CUDA-graph stage) or bitsandbytes' 8-bit AdamW."""
         o = self.spec["optimizer"]
         betas = (float(o["beta1"]), float(o["beta2"]))
         if o["type"] == "adamw8bit":
@@ -492,70 +615,91 @@ class Trainer:
                 raise TrainerError("environment", "optimizer.type adamw8bit needs a CUDA GPU; use adamw on this device")
             return bnb.optim.AdamW8bit(groups, betas=betas, eps=float(o["epsilon"]), weight_decay=float(o["weightDecay"]))
         kwargs: Dict[str, Any] = {}
-        # The fused CUDA kernel does the whole update in one launch per parameter group.
+        # The fused CUDA kernel does the whole update in one launch per parameter group; with
+        # capturable its step counter and learning rate live on the device (graph replays).
         if self.device.type == "cuda":
             kwargs["fused"] = True
+            if capturable:
+                kwargs["capturable"] = True
         return torch.optim.AdamW(groups, betas=betas, eps=float(o["epsilon"]), weight_decay=float(o["weightDecay"]), **kwargs)
 
-    def _precompute_embeddings(self) -> Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]]:
-        """Text embeddings of every caption, computed once while the text encoders are frozen."""
+    def _precompute_embeddings(self) -> Dict[str, Dict[str, torch.Tensor]]:
+        """Text conditioning of every caption (``hidden``, and ``pooled`` for SDXL and the flow
+        families), computed once while the text encoders are frozen."""
+        if self.comps.is_flow:
+            return self.flow_embeds
         captions = sorted({e.item.caption for e in self.instances} | {e.item.caption for e in self.classes})
-        out: Dict[str, Tuple[torch.Tensor, Optional[torch.Tensor]]] = {}
+        out: Dict[str, Dict[str, torch.Tensor]] = {}
         with torch.no_grad(), self.autocast():
             for i in range(0, len(captions), 16):
                 chunk = captions[i : i + 16]
                 hidden, pooled = encode_text(self.comps, token_ids(self.comps, chunk, self.device))
                 for j, c in enumerate(chunk):
-                    out[c] = (hidden[j].detach(), pooled[j].detach() if pooled is not None else None)
+                    out[c] = {"hidden": hidden[j].detach()}
+                    if pooled is not None:
+                        out[c]["pooled"] = pooled[j].detach()
         log(f"text encoder frozen: embeddings of {len(out)} distinct captions computed once")
         return out
 
-    def _micro_batch(self, stage: Stage, embeds: Optional[Dict[str, Any]]) -> torch.Tensor:
-        """Forward pass of one micro-batch; returns the loss (prior term included)."""
+    def _next_batch(self, embeds: Optional[Dict[str, Dict[str, torch.Tensor]]]) -> Batch:
+        """The host's part of a micro-batch: takes the next examples of the data order and stacks
+        their tensors on the device (latent posteriors or fresh latents, text conditioning or
+        token ids, SDXL time ids). Queues device copies only; never waits for the GPU."""
         bs = int(self.spec["batchSize"])
         r, w = self.world.rank, self.world.size
         batch = [self.instances[i] for i in self.inst_order.take_shard(bs, r, w)]
         if self.prior:
             batch += [self.classes[i] for i in self.class_order.take_shard(bs, r, w)]
-        comps = self.comps
-        latents = self._latents(batch)
+        out: Batch = {}
+        if batch[0].mean is not None:
+            out["mean"] = torch.stack([e.mean for e in batch])
+            out["std"] = torch.stack([e.std for e in batch])
+        else:
+            out["latents"] = self._encode_pixels(batch)
         captions = [e.item.caption for e in batch]
+        if embeds is not None:
+            out["hidden"] = torch.stack([embeds[c]["hidden"] for c in captions])
+            if "pooled" in embeds[captions[0]]:
+                out["pooled"] = torch.stack([embeds[c]["pooled"] for c in captions])
+        else:
+            for i, ids in enumerate(token_ids(self.comps, captions, self.device)):
+                out[f"ids{i}"] = ids
+        if self.comps.is_sdxl:
+            out["time_ids"] = torch.stack([e.time_ids_t for e in batch])
+        return out
+
+    def _batch_loss(self, batch: Batch) -> torch.Tensor:
+        """The device's part of a micro-batch: the loss (prior term included), a 0-dim tensor."""
+        latents = self._latents(batch)
         with self.autocast():
-            if embeds is not None:
-                hidden = torch.stack([embeds[c][0] for c in captions])
-                pooled = torch.stack([embeds[c][1] for c in captions]) if comps.is_sdxl else None
+            if "hidden" in batch:
+                cond = {k: batch[k] for k in ("hidden", "pooled", "time_ids") if k in batch}
             else:
-                hidden, pooled = encode_text(comps, token_ids(comps, captions, self.device))
-            ac = comps.noise_scheduler.alphas_cumprod
-            n_train = int(comps.noise_scheduler.config.num_train_timesteps)
-            timesteps = torch.randint(0, n_train, (latents.shape[0],), device=self.device).long()
-            noise = make_noise(latents, float(self.spec["noiseOffset"]))
-            noisy = add_noise(latents, noise, timesteps, ac)
-            target = target_for(comps.prediction_type, latents, noise, timesteps, ac)
-            added = None
-            if comps.is_sdxl:
-                # float32: sizes such as 3023 px are not exact in bf16.
-                time_ids = torch.tensor([e.time_ids for e in batch], device=self.device, dtype=torch.float32)
-                added = {"text_embeds": pooled, "time_ids": time_ids}
-            pred = comps.unet(noisy, timesteps, encoder_hidden_states=hidden, added_cond_kwargs=added, return_dict=False)[0]
-        losses = per_sample_mse(pred, target)
-        weights = min_snr_weights(timesteps, ac, self.spec["minSnrGamma"], comps.prediction_type)
-        if weights is not None:
-            losses = losses * weights
+                ids = [batch[f"ids{i}"] for i in range(len(self.comps.tokenizers))]
+                hidden, pooled = encode_text(self.comps, ids)
+                cond = {"hidden": hidden}
+                if pooled is not None:
+                    cond["pooled"] = pooled
+                if "time_ids" in batch:
+                    cond["time_ids"] = batch["time_ids"]
+            losses = self.family.per_sample_loss(self.denoiser_fn, latents, cond)
         if self.prior:
             inst, prior = losses.chunk(2)
             # Ruiz et al. 2023, eq. 2: instance loss + lambda * prior-preservation loss.
             return inst.mean() + float(self.prior["lossWeight"]) * prior.mean()
         return losses.mean()
 
-    def _optimizer_step(self, stage: Stage, optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter], embeds: Optional[Dict[str, Any]]) -> float:
-        accum = int(self.spec["gradientAccumulation"])
-        total = 0.0
-        for _ in range(accum):
-            loss = self._micro_batch(stage, embeds)
+    def _step_compute(self, batches: List[Batch], optimizer: torch.optim.Optimizer, params: List[torch.nn.Parameter]) -> torch.Tensor:
+        """One optimizer step on prepared micro-batches, all on the device: forward and backward
+        of each, gradient average over processes, unscale (fp16), clip, update. This is what a
+        CUDA graph captures. Returns the mean loss as a 0-dim device tensor."""
+        accum = len(batches)
+        total: Optional[torch.Tensor] = None
+        for b in batches:
+            loss = self._batch_loss(b)
             scaled = loss / accum
             (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-            total += float(loss.detach())
+            total = loss.detach() if total is None else total + loss.detach()
         if self.dist is not None:
             # Mean of the ranks' (still loss-scaled) gradients: every rank then unscales, clips
             # and steps on identical gradients, so the weights stay identical without a broadcast.
@@ -570,15 +714,19 @@ class Trainer:
             self.scaler.update()
         else:
             optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        assert total is not None
         return total / accum
 
     # ---------------------------------------------------------------- train
 
     def _train(self, cand: Optional[Candidate]) -> int:
-        from .checkpoint import load_torch_file
+        from .checkpoint import load_optimizer_state, load_torch_file
 
         seed = int(self.spec["seed"])
+        mode = compile_mode(self.perf, self.device, self.total - self.step)
+        self.compile_as = mode
+        self._compile_ok = False
+        self.denoiser_fn = compiled(self.comps.denoiser, mode) if mode else self.comps.denoiser
         inst_epoch, inst_pos, cls_epoch, cls_pos = 0, 0, 0, 0
         if cand:
             d = cand.data
@@ -606,13 +754,18 @@ class Trainer:
                 continue
             groups = self._configure_stage(stage)
             params = [p for g in groups for p in g["params"]]
-            optimizer = self._make_optimizer(groups)
+            use_graph = self._graph_plan(stage)
+            optimizer = self._make_optimizer(groups, capturable=use_graph)
             lam = make_lambda(self.spec["lrScheduler"]["type"], stage.steps, int(self.spec["lrScheduler"]["warmupSteps"]))
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lam)
             stage_step = self.step - stage.start
             if cand and stage_step > 0 and cand.data["stage"] == stage.name and cand.step == self.step:
-                opt_state = load_torch_file(cand.path, "optimizer.pt")
+                opt_state = load_optimizer_state(cand.path, self.device)
                 optimizer.load_state_dict(opt_state["optimizer"])
+                if use_graph:
+                    # A state saved by an eager stage says capturable False; this stage replays a graph.
+                    for g in optimizer.param_groups:
+                        g["capturable"] = True
                 if self.scaler is not None and opt_state.get("grad_scaler"):
                     self.scaler.load_state_dict(opt_state["grad_scaler"])
                 scheduler.load_state_dict(load_torch_file(cand.path, "scheduler.pt"))
@@ -632,10 +785,23 @@ class Trainer:
                 self._restore_rng(cand)
                 rng_pending = False
             self.throughput.restart()
-            result = self._run_stage(si, stage, optimizer, scheduler, params, embeds)
+            result = self._run_stage(si, stage, optimizer, scheduler, params, embeds, use_graph)
             if result is not None:
                 return result
         return self._finish(cand)
+
+    def _graph_plan(self, stage: Stage) -> bool:
+        """Whether this stage replays a CUDA graph per step (``performance.cudaGraph``).
+
+        :raises TrainerError: ``spec`` when ``cudaGraph`` is ``on`` but the stage cannot be captured.
+        """
+        want = self.perf.get("cudaGraph", "auto")
+        reasons = graph_blockers(self.spec, self.device, self.dist is not None, stage.text_encoder_lr > 0)
+        if want == "on" and reasons:
+            raise TrainerError("spec", f"performance.cudaGraph is on but stage {stage.name} cannot be captured: {'; '.join(reasons)}; set it to auto")
+        use = want != "off" and not reasons
+        log_speed_plan(self.compile_as, use, reasons if want != "off" else ["performance.cudaGraph is off"], self._channels_last())
+        return use
 
     @staticmethod
     def _seed_all(value: int) -> None:
@@ -686,6 +852,7 @@ class Trainer:
     def _save(self, si: int, stage: Stage, optimizer: Any, scheduler: Any, reason: str) -> str:
         from .checkpoint import save_resume_state
 
+        started = time.monotonic()
         with self.signals.saving():
             if self.dist is None:
                 _folder, nbytes = save_resume_state(self.work, self.step, self._meta(stage), self._saved_modules(si), self.lora, optimizer, scheduler, self.scaler)
@@ -693,6 +860,7 @@ class Trainer:
                 nbytes = self._save_distributed(si, stage, optimizer, scheduler)
         rel = relative_state_path(self.step)
         self._last_saved = (self.step, rel)
+        log(f"saved {rel} ({nbytes / 2**30:.2f} GiB) in {time.monotonic() - started:.2f} s")
         self.emitter.emit("resume_state", step=self.step, path=rel, reason=reason, bytes=nbytes)
         self.throughput.restart()
         return rel
@@ -711,12 +879,13 @@ class Trainer:
         if self.world.is_main:
             begin_state(self.work, self.step)
         self.dist.barrier()
+        known = None
         if self.world.is_main:
-            write_shared_files(folder, self._meta(stage), self._saved_modules(si), self.lora, optimizer, scheduler, self.scaler, cuda_index)
+            known = write_shared_files(folder, self._meta(stage), self._saved_modules(si), self.lora, optimizer, scheduler, self.scaler, cuda_index)
         else:
             write_rank_rng(folder, rng_file(self.world.rank), cuda_index)
         self.dist.barrier()
-        nbytes = finalize_state(folder, self.step) if self.world.is_main else 0
+        nbytes = finalize_state(folder, self.step, known) if self.world.is_main else 0
         self.dist.barrier()
         return nbytes
 
@@ -729,18 +898,54 @@ class Trainer:
             self.signals.requested = agreed
         return agreed
 
-    def _run_stage(self, si: int, stage: Stage, optimizer: Any, scheduler: Any, params: List[torch.nn.Parameter], embeds: Optional[Dict[str, Any]]) -> Optional[int]:
+    def _run_stage(self, si: int, stage: Stage, optimizer: Any, scheduler: Any, params: List[torch.nn.Parameter], embeds: Optional[Dict[str, Any]], use_graph: bool = False) -> Optional[int]:
+        """Runs a stage's steps. With ``use_graph`` the stage's work runs on a side stream, the
+        first :data:`GRAPH_WARMUP_STEPS` steps eagerly, then one captured CUDA graph per step."""
+        stream = torch.cuda.Stream(self.device) if use_graph else None
+        if stream is not None:
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+        ctx = torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
+        reader = LossReader(self.device, int(self.perf.get("maxInFlightSteps", 2)), self._report_step)
+        self.graph: Optional[StepGraph] = StepGraph(lambda b: self._step_compute(b, optimizer, params), optimizer, stream) if use_graph else None
+        try:
+            with ctx:
+                return self._stage_loop(si, stage, optimizer, scheduler, params, embeds, reader)
+        finally:
+            reader.flush()
+            if self.graph is not None:
+                self.graph.release()
+                self.graph = None
+            if stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+
+    def _stage_loop(self, si: int, stage: Stage, optimizer: Any, scheduler: Any, params: List[torch.nn.Parameter], embeds: Optional[Dict[str, Any]], reader: LossReader) -> Optional[int]:
         every = int(self.spec["resumeState"]["every"])
         sample_every = int(self.spec["samples"]["every"])
         last_stage = si == len(self.stages) - 1
+        accum = int(self.spec["gradientAccumulation"])
+        eager_steps = 0
+        captured = False
         while self.step < stage.end:
             if self._agreed_stop():
                 # A signal during samples or a stage switch: the last finished step is saved.
+                reader.flush()
                 return self._preempt(si, stage, optimizer, scheduler)
             lr = optimizer.param_groups[0]["lr"]
             lr_te = optimizer.param_groups[1]["lr"] if len(optimizer.param_groups) > 1 else None
             try:
-                loss = self._optimizer_step(stage, optimizer, params, embeds)
+                batches = [self._next_batch(embeds) for _ in range(accum)]
+                if self.graph is not None and not captured and eager_steps >= GRAPH_WARMUP_STEPS:
+                    captured = self._capture(batches, optimizer)
+                if captured:
+                    assert self.graph is not None
+                    loss = self.graph.replay(batches)
+                else:
+                    if eager_steps == 0 and self.compile_as and not self._compile_ok:
+                        loss = self._first_compiled_step(batches, optimizer, params)
+                    else:
+                        loss = self._step_compute(batches, optimizer, params)
+                    optimizer.zero_grad(set_to_none=True)
+                    eager_steps += 1
             except torch.cuda.OutOfMemoryError as e:
                 raise TrainerError(
                     "oom",
@@ -749,42 +954,110 @@ class Trainer:
             scheduler.step()
             self.step += 1
             stop = self.signals.requested
-            if self.dist is not None:
-                # One collective per step: the mean loss over ranks for the event, and the stop
-                # flag merged so all ranks save and exit after this same step.
-                loss, stop = self.dist.step_sync(loss, self.signals.requested)
-                if stop is not None and self.signals.requested is None:
-                    self.signals.requested = stop
-            self.throughput.tick()
-            vram = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
             fields: Dict[str, Any] = dict(
                 step=self.step,
                 total=self.total,
                 stage=stage.name,
                 stage_step=self.step - stage.start,
                 stage_total=stage.steps,
-                loss=loss,
                 lr=lr,
-                it_per_s=self.throughput.it_per_s(),
-                eta_s=self.throughput.eta_s(self.total - self.step),
-                vram_gb=round(vram, 3) if vram is not None else None,
                 epoch=self.inst_order.cursor()[0],
             )
             if lr_te is not None:
                 fields["lr_text_encoder"] = lr_te
-            if not math.isfinite(loss):
-                log(f"warning: loss is {loss} at step {self.step}")
-            self.emitter.emit("step", **fields)
+            if self.dist is not None:
+                # One collective per step: the mean loss over ranks for the event, and the stop
+                # flag merged so all ranks save and exit after this same step.
+                mean, stop = self.dist.step_sync(float(loss.detach()), self.signals.requested)
+                if stop is not None and self.signals.requested is None:
+                    self.signals.requested = stop
+                self._report_step(fields, mean)
+            else:
+                reader.push(fields, loss)
             if self.step == stage.end:
+                reader.flush()
                 self.emitter.emit("stage_done", stage=stage.name, step=self.step)
                 self._save(si, stage, optimizer, scheduler, "final" if last_stage else "stage_end")
             elif self.step % every == 0:
+                reader.flush()
                 self._save(si, stage, optimizer, scheduler, "interval")
             if stop:  # the agreed value: a signal arriving after the sync waits for the next step
+                reader.flush()
                 return self._preempt(si, stage, optimizer, scheduler)
             if sample_every > 0 and self.step % sample_every == 0 and self.step != self.total:
+                reader.flush()
                 self._samples()
         return None
+
+    def _first_compiled_step(self, batches: List[Batch], optimizer: Any, params: List[torch.nn.Parameter]) -> torch.Tensor:
+        """The first step through the compiled denoiser, where compilation happens. When it
+        fails with ``compile: auto`` the step is redone eagerly from the same random state (the
+        run stays exact), and the run goes on without compiling.
+
+        :raises TrainerError: ``environment`` when an explicitly asked-for compile fails.
+        """
+        started = time.monotonic()
+        rng = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
+        try:
+            loss = self._step_compute(batches, optimizer, params)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as e:
+            if self.perf.get("compile", "auto") != "auto":
+                raise TrainerError("environment", f"torch.compile (mode {self.compile_as}) failed: {type(e).__name__}: {str(e)[:500]}; set performance.compile to off") from e
+            log(f"warning: torch.compile failed ({type(e).__name__}: {str(e)[:300]}); training without it")
+            self.compile_as = None
+            self.denoiser_fn = self.comps.denoiser
+            optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                from torch.amp.grad_scaler import _refresh_per_optimizer_state
+
+                self.scaler._per_optimizer_states = collections.defaultdict(_refresh_per_optimizer_state)
+            torch.set_rng_state(rng[0])
+            if rng[1] is not None:
+                torch.cuda.set_rng_state(rng[1], self.device)
+            return self._step_compute(batches, optimizer, params)
+        self._compile_ok = True
+        log(f"compiled the {self.comps.denoiser_name} (torch.compile mode {self.compile_as}): first step took {time.monotonic() - started:.1f} s")
+        return loss
+
+    def _capture(self, batches: List[Batch], optimizer: Any) -> bool:
+        """Captures the stage's CUDA graph; on failure (``cudaGraph: auto``) logs why and goes
+        on eagerly, with the optimizer and loss scaler as they were before the attempt.
+
+        :raises TrainerError: ``environment`` when ``cudaGraph`` is ``on`` and capture fails.
+        """
+        assert self.graph is not None
+        started = time.monotonic()
+        try:
+            self.graph.capture(batches)
+        except Exception as e:
+            if self.perf.get("cudaGraph") == "on":
+                raise TrainerError("environment", f"CUDA graph capture failed at step {self.step + 1}: {e}; set performance.cudaGraph to auto or off") from e
+            log(f"warning: CUDA graph capture failed at step {self.step + 1} ({type(e).__name__}: {e}); this stage continues without it")
+            self.graph = None
+            optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                # Capture ran the scaler's bookkeeping without running its kernels.
+                from torch.amp.grad_scaler import _refresh_per_optimizer_state
+
+                self.scaler._per_optimizer_states = collections.defaultdict(_refresh_per_optimizer_state)
+            return False
+        log(f"captured one training step as a CUDA graph in {time.monotonic() - started:.1f} s (step {self.step + 1})")
+        return True
+
+    def _report_step(self, fields: Dict[str, Any], loss: float) -> None:
+        """Emits a ``step`` event once its loss is known (speed, ETA and VRAM as of now)."""
+        self.throughput.tick()
+        vram = torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None
+        step = int(fields["step"])
+        out = dict(fields)
+        out.update(loss=loss, it_per_s=self.throughput.it_per_s(), eta_s=self.throughput.eta_s(self.total - step), vram_gb=round(vram, 3) if vram is not None else None)
+        if not math.isfinite(loss):
+            log(f"warning: loss is {loss} at step {step}")
+        self.emitter.emit("step", **out)
 
     def _preempt(self, si: int, stage: Stage, optimizer: Any, scheduler: Any) -> int:
         """Saves a state for the current step (unless one was just saved), prints ``preempted``."""
@@ -803,17 +1076,17 @@ class Trainer:
         if not prompts or not self.world.is_main:
             # Rank 0 renders; the others go on to the next collective and wait for it there.
             return
-        from .sampling import build_pipeline, render, rendering, save_png
+        from .sampling import renderer, rendering, save_png
 
         s = self.spec["samples"]
         folder = os.path.join(self.work, "samples", str(self.step))
         os.makedirs(folder, exist_ok=True)
-        pipe = build_pipeline(self.comps)
+        render = renderer(self.comps, self.flow_embeds)
         with rendering(self.comps, self.device, self.autocast):
             for i, prompt in enumerate(prompts):
                 if self.signals.requested:
                     break
-                image = render(pipe, [prompt], [int(s["seed"]) + i], int(self.spec["resolution"]), int(s["steps"]), float(s["guidanceScale"]), s["negativePrompt"] or None)[0]
+                image = render([prompt], [int(s["seed"]) + i], int(self.spec["resolution"]), int(s["steps"]), float(s["guidanceScale"]), s["negativePrompt"] or None)[0]
                 save_png(image, os.path.join(folder, f"{i}.png"))
                 self.emitter.emit("sample", step=self.step, index=i, prompt=prompt, path=f"samples/{self.step}/{i}.png")
         self.throughput.restart()

@@ -12,7 +12,9 @@ import json
 import os
 from typing import Any, Dict
 
-SHARED_MODELS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "models"))
+#: The real SD configs and CLIP tokenizer (``../shared/models``; ``BOOTH_SHARED_MODELS`` overrides,
+#: e.g. on a GPU host where only a copy travels).
+SHARED_MODELS = os.environ.get("BOOTH_SHARED_MODELS") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "models"))
 
 
 def _config(*parts: str) -> Dict[str, Any]:
@@ -99,4 +101,128 @@ def build_sdxl(folder: str, seed: int = 0) -> str:
     sched = EulerDiscreteScheduler.from_config(_config("sdxl-base", "scheduler", "scheduler_config.json"))
     pipe = StableDiffusionXLPipeline(vae=_tiny_vae("sdxl-base"), text_encoder=te1, text_encoder_2=te2, tokenizer=tok, tokenizer_2=tok, unet=unet, scheduler=sched)
     pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+#: Published configs of the flow-matching bases (FLUX.1, SD 3.5), kept in the repository.
+FIXTURE_MODELS = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "test", "fixtures", "models"))
+
+
+def _fixture(*parts: str) -> Dict[str, Any]:
+    with open(os.path.join(FIXTURE_MODELS, *parts), "r", encoding="utf-8") as f:
+        cfg = json.load(f)
+    return {k: v for k, v in cfg.items() if not k.startswith("_")}
+
+
+def build_t5_tokenizer(folder: str) -> Any:
+    """A small SentencePiece-style (Unigram, metaspace) T5 tokenizer saved to ``folder``: whole
+    words of the test captions plus single letters, ids far below T5's vocabulary of 32 128.
+    Real FLUX.1/SD 3.5 folders ship the real one (``tokenizer_2``/``tokenizer_3``)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    words = ["photo", "of", "ohwx", "man", "woman", "a", "dog", "portrait", "close-up", "smiling"]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -1.0) for w in words] + [(c, -5.0) for c in letters] + [("\u2581" + c, -6.0) for c in letters]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    fast = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
+    fast.save_pretrained(folder)
+    return fast
+
+
+def _tiny_vae16(base: str):
+    from diffusers import AutoencoderKL
+
+    cfg = _fixture(base, "vae", "config.json")
+    cfg.update(block_out_channels=[8, 16, 16, 16], layers_per_block=1, norm_num_groups=8, sample_size=256)
+    return AutoencoderKL(**cfg)
+
+
+def _tiny_t5(hidden: int):
+    from transformers import T5Config, T5EncoderModel
+
+    cfg = _fixture("flux1-dev", "text_encoder_2", "config.json")
+    for k in ("architectures", "model_type"):
+        cfg.pop(k, None)
+    cfg.update(d_model=hidden, d_ff=hidden * 2, d_kv=8, num_heads=hidden // 8, num_layers=2, num_decoder_layers=2)
+    return T5EncoderModel(T5Config(**cfg))
+
+
+def _tiny_clip(base: str, name: str, hidden: int, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cfg = _fixture(base, name, "config.json")
+    for k in ("architectures", "model_type"):
+        cfg.pop(k, None)
+    cfg.update(hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=2, num_attention_heads=2, projection_dim=hidden)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(**cfg))
+
+
+def build_flux(folder: str, seed: int = 0, guidance: bool = True) -> str:
+    """Writes a tiny FLUX.1-shaped pipeline (one double- and one single-stream block, real
+    classes and config keys, 16-channel VAE with FLUX.1's factors) to ``folder``."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(seed)
+    clip_hidden, t5_hidden = 32, 32
+    tcfg = _fixture("flux1-dev", "transformer", "config.json")
+    tcfg.update(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=t5_hidden, pooled_projection_dim=clip_hidden, axes_dims_rope=[4, 6, 6], guidance_embeds=guidance)
+    transformer = FluxTransformer2DModel(**tcfg)
+    tok2_dir = os.path.join(folder, "_t5tok")
+    t5_tok = build_t5_tokenizer(tok2_dir)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(_fixture("flux1-dev", "scheduler", "scheduler_config.json")),
+        vae=_tiny_vae16("flux1-dev"),
+        text_encoder=_tiny_clip("flux1-dev", "text_encoder", clip_hidden, False),
+        tokenizer=CLIPTokenizer.from_pretrained(os.path.join(SHARED_MODELS, "clip-tokenizer")),
+        text_encoder_2=_tiny_t5(t5_hidden),
+        tokenizer_2=t5_tok,
+        transformer=transformer,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(tok2_dir, ignore_errors=True)
+    return folder
+
+
+def build_sd35(folder: str, seed: int = 0) -> str:
+    """Writes a tiny SD 3.5 Medium-shaped pipeline (two MMDiT blocks, the first with dual
+    attention, RMS QK-norm, three text encoders) to ``folder``."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTokenizer
+
+    torch.manual_seed(seed)
+    l_hidden, g_hidden, t5_hidden = 16, 16, 64
+    tcfg = _fixture("sd3.5-medium", "transformer", "config.json")
+    tcfg.update(
+        sample_size=32, num_layers=2, attention_head_dim=8, num_attention_heads=4, joint_attention_dim=t5_hidden,
+        caption_projection_dim=32, pooled_projection_dim=l_hidden + g_hidden, pos_embed_max_size=64, dual_attention_layers=[0],
+    )
+    transformer = SD3Transformer2DModel(**tcfg)
+    tok_dir = os.path.join(folder, "_t5tok")
+    t5_tok = build_t5_tokenizer(tok_dir)
+    clip_tok = CLIPTokenizer.from_pretrained(os.path.join(SHARED_MODELS, "clip-tokenizer"))
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler.from_config(_fixture("sd3.5-medium", "scheduler", "scheduler_config.json")),
+        vae=_tiny_vae16("sd3.5-medium"),
+        text_encoder=_tiny_clip("sd3.5-medium", "text_encoder", l_hidden, True),
+        tokenizer=clip_tok,
+        text_encoder_2=_tiny_clip("sd3.5-medium", "text_encoder_2", g_hidden, True),
+        tokenizer_2=clip_tok,
+        text_encoder_3=_tiny_t5(t5_hidden),
+        tokenizer_3=t5_tok,
+    )
+    pipe.save_pretrained(folder, safe_serialization=True)
+    import shutil
+
+    shutil.rmtree(tok_dir, ignore_errors=True)
     return folder
