@@ -82,6 +82,23 @@ GRAPH_WARMUP_STEPS = 2
 Batch = Dict[str, torch.Tensor]
 
 
+def match_param_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Gives each loaded optimizer state tensor its parameter's memory layout.
+
+    safetensors stores row-major bytes, so a moment of a channels-last convolution weight comes
+    back contiguous, and the fused AdamW kernel refuses parameters and moments of different
+    layouts. Shapes are unchanged; only the strides are made equal to the parameter's.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if not state:
+                continue
+            for k, v in list(state.items()):
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 @dataclass
 class Example:
     """One image ready for training: cached latent posterior or pixels, caption, SDXL time ids
@@ -282,6 +299,10 @@ class Trainer:
 
         self._prepare_data()
         self.signals.check_early()
+        if self.device.type == "cuda":
+            # Step events report the training peak; loading (text encoders, VAE at full size) is logged here.
+            log(f"peak GPU memory while loading: {torch.cuda.max_memory_allocated(self.device) / 2**30:.1f} GiB")
+            torch.cuda.reset_peak_memory_stats(self.device)
         log(f"ready to train {time.monotonic() - self._t0:.1f} s after start")
         return self._train(cand)
 
@@ -762,6 +783,7 @@ class Trainer:
             if cand and stage_step > 0 and cand.data["stage"] == stage.name and cand.step == self.step:
                 opt_state = load_optimizer_state(cand.path, self.device)
                 optimizer.load_state_dict(opt_state["optimizer"])
+                match_param_layout(optimizer)
                 if use_graph:
                     # A state saved by an eager stage says capturable False; this stage replays a graph.
                     for g in optimizer.param_groups:
