@@ -245,9 +245,10 @@ const flowSchema = z
 const performanceSchema = z
   .object({
     /**
-     * `torch.compile` of the denoiser: `auto` compiles on CUDA when at least 200 steps are left
-     * (compilation takes about a minute), `default` and `max-autotune-no-cudagraphs` are
-     * torch.compile modes, `off` runs eagerly.
+     * `torch.compile` of the denoiser: `auto` compiles on CUDA only when at least 20 000 steps are
+     * left (on an H200 compiling the SD 1.5 UNet took 167 s for +27 % steps/s on top of the CUDA
+     * graph, docs/benchmarks.md), `default` and `max-autotune-no-cudagraphs` are torch.compile
+     * modes, `off` runs eagerly.
      */
     compile: z.enum(['auto', 'off', 'default', 'max-autotune-no-cudagraphs']).default('auto'),
     /**

@@ -10,15 +10,20 @@ and the fp16 gradient scaler's state. ``scheduler.pt`` holds the ``LambdaLR`` st
 ``rng.pt`` the Python, NumPy, torch CPU and CUDA generator states. Everything in the ``.pt`` files
 is plain tensors, numbers, strings and lists, so they load with ``torch.load(weights_only=True)``.
 
-The safetensors files are written concurrently while their SHA-256 is computed
-(:mod:`.tensorio`), and the marker reuses those checksums. States of format 1 (everything of the
-optimizer inside ``optimizer.pt``) still load.
+Large files are cut into shards of at most :data:`SHARD_BYTES` (``trainable.safetensors``,
+``trainable-2.safetensors``, …; ``optimizer-exp_avg.safetensors``, ``optimizer-exp_avg-2…``),
+which are written concurrently, one thread each, while their SHA-256 is computed
+(:mod:`.tensorio`); the marker reuses those checksums. Why shards: SHA-256 runs at a few hundred
+MB/s per core without SHA extensions (about 0.4 GB/s per thread on the H200 host measured in
+docs/benchmarks.md), so one thread per 3.4 GB file made hashing the bound of a 10 GiB save.
+States of format 1 (everything of the optimizer inside ``optimizer.pt``) still load.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -80,6 +85,31 @@ def trainable_tensors(modules: Dict[str, torch.nn.Module], lora: bool) -> Dict[s
 
 #: Optimizer state tensors with at least this many elements go to their own safetensors files.
 SPLIT_NUMEL = 1024
+#: Largest shard of a state's safetensors files (one writer and hashing thread per shard).
+SHARD_BYTES = 512 << 20
+
+_TRAINABLE = re.compile(r"^trainable(-[0-9]+)?\.safetensors$")
+
+
+def shard(tensors: Dict[str, torch.Tensor], base: str, limit: Optional[int] = None) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Cuts ``tensors`` (in key order) into files of at most ``limit`` bytes (default
+    :data:`SHARD_BYTES`; a larger tensor gets a file of its own):
+    ``{"<base>.safetensors": …, "<base>-2.safetensors": …}``."""
+    limit = SHARD_BYTES if limit is None else limit
+    out: Dict[str, Dict[str, torch.Tensor]] = {}
+    current: Dict[str, torch.Tensor] = {}
+    size = 0
+    for key in sorted(tensors):
+        t = tensors[key]
+        n = t.numel() * t.element_size()
+        if current and size + n > limit:
+            out[f"{base}.safetensors" if not out else f"{base}-{len(out) + 1}.safetensors"] = current
+            current, size = {}, 0
+        current[key] = t
+        size += n
+    if current or not out:
+        out[f"{base}.safetensors" if not out else f"{base}-{len(out) + 1}.safetensors"] = current
+    return out
 
 
 def split_optimizer_state(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Dict[str, torch.Tensor]]]:
@@ -88,18 +118,24 @@ def split_optimizer_state(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str,
     :returns: ``(rest, files)``: the state dict with each moved tensor replaced by
         ``"@<file>"``, and ``{file: {str(param_index): tensor}}``.
     """
-    files: Dict[str, Dict[str, torch.Tensor]] = {}
+    by_name: Dict[str, Dict[str, torch.Tensor]] = {}
     state: Dict[Any, Dict[str, Any]] = {}
     for pid, entry in sd["state"].items():
         kept: Dict[str, Any] = {}
         for name, value in entry.items():
             if isinstance(value, torch.Tensor) and value.numel() >= SPLIT_NUMEL:
-                fname = f"optimizer-{name}.safetensors"
-                files.setdefault(fname, {})[str(pid)] = value.detach()
-                kept[name] = "@" + fname
+                by_name.setdefault(name, {})[str(pid)] = value.detach()
+                kept[name] = None  # filled with the shard's name below
             else:
                 kept[name] = value.detach().cpu() if isinstance(value, torch.Tensor) else value
         state[pid] = kept
+    files: Dict[str, Dict[str, torch.Tensor]] = {}
+    for name, tensors in by_name.items():
+        for fname, part in shard(tensors, f"optimizer-{name}").items():
+            files[fname] = part
+            for pid_text in part:
+                pid: Any = int(pid_text) if int(pid_text) in state else pid_text
+                state[pid][name] = "@" + fname
     return {"state": state, "param_groups": sd["param_groups"]}, files
 
 
@@ -129,8 +165,10 @@ def load_optimizer_state(folder: str, device: Optional[torch.device] = None) -> 
 
 
 def load_trainable(path: str, modules: Dict[str, torch.nn.Module], lora: bool, device: Optional[torch.device] = None) -> List[str]:
-    """Loads ``trainable.safetensors`` into the named modules.
+    """Loads ``trainable.safetensors`` and its further shards (``trainable-<n>.safetensors`` in
+    the same folder) into the named modules.
 
+    :param path: the state's ``trainable.safetensors``.
     :param device: where to read the tensors to (the modules' device: no host copy in between).
     :returns: the component names found in the file.
     :raises ValueError: when a tensor belongs to no known component, or a module's keys do not
@@ -138,7 +176,10 @@ def load_trainable(path: str, modules: Dict[str, torch.nn.Module], lora: bool, d
     """
     from .tensorio import read_safetensors
 
-    tensors = read_safetensors(path, device or torch.device("cpu"))[0]
+    folder = os.path.dirname(path)
+    tensors: Dict[str, torch.Tensor] = {}
+    for name in sorted(n for n in os.listdir(folder) if _TRAINABLE.match(n)):
+        tensors.update(read_safetensors(os.path.join(folder, name), device or torch.device("cpu"))[0])
     groups: Dict[str, Dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         prefix, _, name = key.partition(".")
@@ -200,8 +241,8 @@ def write_shared_files(
     from .tensorio import ParallelWriter
 
     rest, files = split_optimizer_state(optimizer.state_dict())
-    writer = ParallelWriter(workers=1 + len(files))
-    writer.add(os.path.join(folder, "trainable.safetensors"), trainable_tensors(modules, lora), {"format": "pt"})
+    files.update(shard(trainable_tensors(modules, lora), "trainable"))
+    writer = ParallelWriter(workers=min(len(files), os.cpu_count() or 1, 16))
     for fname, tensors in files.items():
         writer.add(os.path.join(folder, fname), tensors, {"format": "pt"})
     try:
