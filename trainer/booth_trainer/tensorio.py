@@ -81,8 +81,8 @@ def write_safetensors(path: str, tensors: Dict[str, torch.Tensor], metadata: Opt
     :raises OSError: when the file cannot be written (the disk is full, ...).
     """
     head, names = safetensors_header(tensors, metadata)
-    sha = hashlib.sha256(head)
-    size = len(head)
+    sha = hashlib.sha256()
+    size = 0
     cuda = [tensors[n] for n in names if tensors[n].is_cuda]
     stream = torch.cuda.Stream(cuda[0].device) if cuda else None
     if stream is not None:
