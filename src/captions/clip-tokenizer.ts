@@ -202,25 +202,42 @@ export function estimateClipTokens(text: string): number {
 export interface TokenCount {
   /** Tokens, BOS/EOS included. */
   count: number;
-  /** The window, {@link CLIP_MAX_TOKENS}. */
+  /** The window: {@link CLIP_MAX_TOKENS}, or T5's for FLUX.1 and SD 3.5. */
   limit: number;
   /** False when estimated without the model's tokenizer files. */
   exact: boolean;
+  /** Which encoder's window: CLIP (SD bases) or T5 (FLUX.1, SD 3.5); absent means CLIP. */
+  encoder?: 'clip' | 't5';
+}
+
+/** The caption window of a base model (`BaseModelInfo.captionWindow`). */
+export interface CaptionWindow {
+  encoder: 'clip' | 't5';
+  tokens: number;
 }
 
 /**
- * Count a caption's tokens with `tokenizer` when there is one, else estimate.
+ * Count a caption's tokens in the window that decides what the model reads: CLIP's 77 for the
+ * SD bases (exact with `tokenizer`, else estimated), T5's 512 or 256 for FLUX.1 and SD 3.5
+ * (estimated: T5's SentencePiece vocabulary of 32 000 pieces splits English about like CLIP's
+ * BPE, so the CLIP count is used; CLIP there only adds a pooled vector or the first 77 tokens).
  * @returns the count, the limit and whether it is exact
  */
-export function countCaptionTokens(text: string, tokenizer: ClipTokenizer | null): TokenCount {
+export function countCaptionTokens(text: string, tokenizer: ClipTokenizer | null, window: CaptionWindow = { encoder: 'clip', tokens: CLIP_MAX_TOKENS }): TokenCount {
+  if (window.encoder === 't5') {
+    return { count: tokenizer ? tokenizer.count(text) : estimateClipTokens(text), limit: window.tokens, exact: false, encoder: 't5' };
+  }
   return tokenizer
-    ? { count: tokenizer.count(text), limit: CLIP_MAX_TOKENS, exact: true }
-    : { count: estimateClipTokens(text), limit: CLIP_MAX_TOKENS, exact: false };
+    ? { count: tokenizer.count(text), limit: window.tokens, exact: true }
+    : { count: estimateClipTokens(text), limit: window.tokens, exact: false };
 }
 
 /** The warning for a caption past the window, or null when it fits. */
 export function tokenWarning(t: TokenCount): string | null {
   if (t.count <= t.limit) return null;
+  if (t.encoder === 't5') {
+    return `caption is about ${t.count} tokens, over the T5 text encoder's ${t.limit}-token window; the end is cut off in training`;
+  }
   const how = t.exact ? `${t.count} CLIP tokens` : `about ${t.count} CLIP tokens (estimated: no tokenizer files given)`;
   return `caption is ${how}, over the text encoder's ${t.limit}-token window; the end is cut off in training`;
 }

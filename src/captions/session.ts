@@ -28,6 +28,7 @@ import type { Rect } from '../preprocess/types.js';
 import type { CaptionBatch, CaptionMeta, PhotoRecord, SessionManifest, Subject } from '../sessions/manifest.js';
 import { sessionKeys, type SessionStore } from '../sessions/store.js';
 import { putJson, readAll, readJson } from '../storage/index.js';
+import { BASE_MODEL_INFO } from '../sessions/base-models.js';
 import { countCaptionTokens, tokenWarning, type ClipTokenizer, type TokenCount } from './clip-tokenizer.js';
 import { parseCaptionCompletion, type OpenAICaptioner } from './openai.js';
 import { BATCH_DISCOUNT, imageTokens, tokenCost } from './prices.js';
@@ -153,7 +154,7 @@ class Run {
   }
 
   report(photo: PhotoRecord, outcome: CaptionOutcome, extra: Partial<CaptionPhotoReport> = {}): void {
-    const tokens = photo.caption ? countCaptionTokens(photo.caption, this.tokenizer) : null;
+    const tokens = photo.caption ? countCaptionTokens(photo.caption, this.tokenizer, BASE_MODEL_INFO[this.manifest.base].captionWindow) : null;
     this.reports.set(photo.sha256, {
       name: photo.name,
       sha256: photo.sha256,
@@ -171,7 +172,7 @@ class Run {
 
   /** Record a result on the photo (not saved yet). */
   apply(p: Planned, r: { caption: string; source: 'offline' | 'model'; model: string | null; style: string; flags: CaptionFlag[]; usage: CaptionUsage | null }, outcome: CaptionOutcome, billed: CaptionUsage | null): void {
-    const tokens = countCaptionTokens(r.caption, this.tokenizer);
+    const tokens = countCaptionTokens(r.caption, this.tokenizer, BASE_MODEL_INFO[this.manifest.base].captionWindow);
     const meta: CaptionMeta = {
       model: r.model,
       style: r.style,
@@ -520,7 +521,7 @@ export async function setHandCaption(sessions: SessionStore, name: string, which
         `caption for ${photo.name} contains "${phrase}" ${n} times; it must contain it exactly once so training ties the photo to the trigger phrase (use --no-check to store it anyway)`,
       );
     }
-    const tokens = countCaptionTokens(caption, tokenizer);
+    const tokens = countCaptionTokens(caption, tokenizer, BASE_MODEL_INFO[manifest.base].captionWindow);
     photo.caption = caption;
     photo.captionSource = 'hand';
     photo.captionMeta = { model: null, style: null, image: null, cacheKey: null, flags: [], tokens, usage: null, at: new Date().toISOString() };

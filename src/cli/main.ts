@@ -5,9 +5,9 @@
  * reports something takes `--json` (one JSON document on stdout); human output goes to stdout,
  * progress bars and logs to stderr. Exit codes: 0 success, 1 failure, 2 usage error.
  */
-import { Command, CommanderError, Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { BoothError, errorMessage, isBoothError } from '../errors.js';
-import { BASE_MODELS, BASE_MODEL_INFO, type BaseModel } from '../sessions/base-models.js';
+import { BASE_MODELS, BASE_MODEL_INFO, baseModelChoices, type BaseModel } from '../sessions/base-models.js';
 import { FRAMINGS, type Framing } from '../preprocess/types.js';
 import { addPhotos, type AddResult } from '../sessions/intake.js';
 import { exportDataset, exportReview } from '../sessions/dataset.js';
@@ -67,6 +67,13 @@ program
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 
+/** `--resolution`: a whole number of pixels (the session checks it against the base model). */
+function parsePixels(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError(`--resolution must be a whole number of pixels such as 1024, got ${JSON.stringify(value)}`);
+  return n;
+}
+
 const session = program.command('session').description('create, list, show and delete sessions');
 
 session
@@ -75,18 +82,19 @@ session
   .requiredOption('--trigger <phrase>', 'rare-token trigger phrase the model learns, e.g. ohwx')
   .requiredOption('--class <noun>', 'class noun of the subject, e.g. man, woman, dog, backpack')
   .addOption(new Option('--kind <kind>', 'subject kind: person crops on the face; object/style crop on the salient region').choices(['person', 'object', 'style']).default('person'))
-  .addOption(new Option('--base <model>', 'base model; sets the resolution (sd15 512, sd21 768, sdxl 1024)').choices([...BASE_MODELS]).default('sd15'))
+  .addOption(new Option('--base <model>', `base model: ${baseModelChoices()}`).choices([...BASE_MODELS]).default('sd15'))
+  .option('--resolution <px>', 'training resolution when the base allows several (FLUX.1, SD 3.5: 512, 768 or 1024; default the native one)', parsePixels)
   .addOption(new Option('--framing <framing>', 'how tightly people are cropped').choices([...FRAMINGS]).default('face'))
   .option('--caption-template <template>', 'caption template with {trigger} and {class}', 'photo of {trigger} {class}')
   .option('--json', 'print the manifest as JSON')
-  .action(async (name: string, o: { trigger: string; class: string; kind: 'person' | 'object' | 'style'; base: BaseModel; framing: Framing; captionTemplate: string; json?: boolean }) => {
+  .action(async (name: string, o: { trigger: string; class: string; kind: 'person' | 'object' | 'style'; base: BaseModel; resolution?: number; framing: Framing; captionTemplate: string; json?: boolean }) => {
     checkName(name);
     const { sessions } = await context();
     const m = await sessions.create({
       name,
       subject: { trigger: o.trigger, classNoun: o.class, kind: o.kind },
       base: o.base,
-      settings: { framing: o.framing, captionTemplate: o.captionTemplate },
+      settings: { framing: o.framing, captionTemplate: o.captionTemplate, ...(o.resolution !== undefined ? { resolution: o.resolution } : {}) },
     });
     print(Boolean(o.json), m, () =>
       `Created session "${m.name}": ${m.subject.trigger} ${m.subject.classNoun} (${m.subject.kind}), ${BASE_MODEL_INFO[m.base].label} at ${m.settings.resolution} px.\n` +
@@ -188,7 +196,8 @@ program
   .requiredOption('--trigger <phrase>', 'rare-token trigger phrase, e.g. ohwx')
   .requiredOption('--class <noun>', 'class noun, e.g. man, woman, dog, backpack')
   .addOption(new Option('--kind <kind>', 'subject kind').choices(['person', 'object', 'style']).default('person'))
-  .addOption(new Option('--base <model>', 'base model (sets the resolution)').choices([...BASE_MODELS]).default('sd15'))
+  .addOption(new Option('--base <model>', `base model: ${baseModelChoices()}`).choices([...BASE_MODELS]).default('sd15'))
+  .option('--resolution <px>', 'training resolution when the base allows several (FLUX.1, SD 3.5: 512, 768 or 1024)', parsePixels)
   .addOption(new Option('--framing <framing>', 'how tightly people are cropped').choices([...FRAMINGS]))
   .addOption(new Option('--identity <mode>', 'auto: keep only the subject found across photos; off: crop the most prominent face').choices(['auto', 'off']))
   .option('--json', 'print the prepare report as JSON')
@@ -196,7 +205,7 @@ program
     async (
       name: string,
       paths: string[],
-      o: { trigger: string; class: string; kind: 'person' | 'object' | 'style'; base: BaseModel; framing?: Framing; identity?: 'auto' | 'off'; json?: boolean },
+      o: { trigger: string; class: string; kind: 'person' | 'object' | 'style'; base: BaseModel; resolution?: number; framing?: Framing; identity?: 'auto' | 'off'; json?: boolean },
     ) => {
       checkName(name);
       const ctx = await context();
@@ -211,7 +220,7 @@ program
       });
       if (existing) {
         const s = existing.subject;
-        if (s.trigger !== o.trigger || s.classNoun !== o.class || s.kind !== o.kind || existing.base !== o.base) {
+        if (s.trigger !== o.trigger || s.classNoun !== o.class || s.kind !== o.kind || existing.base !== o.base || (o.resolution !== undefined && existing.settings.resolution !== o.resolution)) {
           throw new BoothError(
             'CONFLICT',
             `session "${name}" exists with a different subject or base (${s.trigger} ${s.classNoun}, ${s.kind}, ${existing.base}); pick another name or use the same options`,
@@ -219,7 +228,12 @@ program
         }
         say(`Continuing session "${name}".`);
       } else {
-        await sessions.create({ name, subject: { trigger: o.trigger, classNoun: o.class, kind: o.kind }, base: o.base, settings: o.framing ? { framing: o.framing } : {} });
+        await sessions.create({
+          name,
+          subject: { trigger: o.trigger, classNoun: o.class, kind: o.kind },
+          base: o.base,
+          settings: { ...(o.framing ? { framing: o.framing } : {}), ...(o.resolution !== undefined ? { resolution: o.resolution } : {}) },
+        });
         say(`Created session "${name}".`);
       }
       const bars = phasedProgress(json);

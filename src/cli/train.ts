@@ -214,10 +214,14 @@ export function registerTrainCommands(cli: Cli): void {
     .command('train <session>')
     .description(
       'start a training run of a prepared session on a GPU (the worker runs detached; this command returns at once).\n' +
-        `Presets:\n${PRESETS.map((p) => `  ${p.padEnd(15)} ${PRESET_INFO[p]}`).join('\n')}\n` +
+        `Presets:\n${PRESETS.map((p) => `  ${p.padEnd(17)} ${PRESET_INFO[p]}`).join('\n')}\n` +
         'Examples:\n  booth train alice\n  booth train alice --preset face-sd15 --steps 2000 --set optimizer.type=adamw\n  booth train alice --spec my-spec.json --dry-run --json',
     )
-    .addOption(new Option('--preset <name>', 'starting point (default from the session: SDXL → face-lora-sdxl, person → face-sd15, else object-sd15)').choices([...PRESETS]))
+    .addOption(
+      new Option('--preset <name>', 'starting point (default from the session: SD 1.5/2.1 person → face-sd15, else object-sd15; SDXL → face-lora-sdxl; FLUX.1 → face-lora-flux or object-lora-flux; SD 3.5 → face-lora-sd35)').choices([
+        ...PRESETS,
+      ]),
+    )
     .option('--spec <file>', 'a whole job spec as JSON instead of a preset (see docs/training.md)')
     .option('--set <path=value>', 'override one spec field, repeatable: --set schedule.unet.steps=2000 --set mixedPrecision=bf16', (v: string, prev: string[]) => [...prev, v], [] as string[])
     .option('--steps <n>', 'total optimizer steps (resizes the last stage)', positiveInt('--steps'))

@@ -58,8 +58,12 @@ const captionMetaSchema = z.object({
   cacheKey: z.string().nullable(),
   /** Reviewer flags reported by the captioner: `multiple-people`, `face-covered`, `blurry`, `text-watermark`, `heavy-filter`. */
   flags: z.array(z.string()),
-  /** CLIP tokens of the caption (BOS/EOS included) against the 77-token window; `exact` false means estimated. */
-  tokens: z.object({ count: z.number().int().nonnegative(), limit: z.number().int().positive(), exact: z.boolean() }).nullable(),
+  /**
+   * Tokens of the caption (BOS/EOS included) against the window of the encoder that decides what
+   * the model reads: CLIP's 77 (SD bases) or T5's (`encoder: 't5'`, FLUX.1 and SD 3.5);
+   * `exact` false means estimated.
+   */
+  tokens: z.object({ count: z.number().int().nonnegative(), limit: z.number().int().positive(), exact: z.boolean(), encoder: z.enum(['clip', 't5']).optional() }).nullable(),
   /** Tokens billed and their cost in US dollars when this caption was bought (0 when served from the cache). */
   usage: z.object({ inputTokens: z.number().int().nonnegative(), outputTokens: z.number().int().nonnegative(), costUsd: z.number().nonnegative().nullable() }).nullable(),
   at: z.string(),

@@ -134,6 +134,11 @@ export class SessionStore {
    */
   async create(input: CreateSessionInput): Promise<SessionManifest> {
     assertSessionName(input.name);
+    const info = BASE_MODEL_INFO[input.base];
+    const resolution = input.settings?.resolution;
+    if (resolution !== undefined && !info.resolutions.includes(resolution)) {
+      throw new BoothError('INVALID_ARGUMENT', `resolution ${resolution} px is not one ${info.label} trains at; use ${info.resolutions.join(' or ')}`);
+    }
     const keys = sessionKeys(input.name);
     const taken = (cause?: unknown) =>
       new BoothError('ALREADY_EXISTS', `session "${input.name}" already exists; pick another name or delete it first`, cause === undefined ? undefined : { cause });

@@ -10,12 +10,12 @@ import type { ObjectStore } from '../storage/types.js';
 import type { SessionStore } from '../sessions/store.js';
 import type { LaunchProbe, Launcher } from './launchers/types.js';
 import { RunStore, effectiveState, needsProbe, newRunId, type EffectiveState, type Launch, type RunRecord, type RunStatus } from './runs.js';
-import { assertSpecDepth, extendSpec, parseJobSpec, presetSpec, totalSteps, type JobSpec, type PresetName } from './spec.js';
+import { assertSpecDepth, extendSpec, parseJobSpec, defaultPreset, presetSpec, totalSteps, type JobSpec, type PresetName } from './spec.js';
 import { estimateVramGb, type VramEstimate } from './requirements.js';
 
 /** How to build a new run's spec. */
 export interface SpecRequest {
-  /** A preset; default from the session (SDXL → `face-lora-sdxl`, person → `face-sd15`, else `object-sd15`). */
+  /** A preset; default from the session's base and subject kind ({@link defaultPreset}). */
   preset?: PresetName;
   /** A whole spec (JSON), used instead of a preset; `session`, `run` and `version` are filled in. */
   spec?: unknown;
@@ -44,8 +44,16 @@ export async function buildSpec(sessions: SessionStore, session: string, run: st
     assertSpecDepth(req.spec, 'the spec');
     value = { ...(req.spec as Record<string, unknown>) };
   } else {
-    preset = req.preset ?? (m.base === 'sdxl' ? 'face-lora-sdxl' : m.subject.kind === 'person' ? 'face-sd15' : 'object-sd15');
-    value = presetSpec(preset as PresetName, { session, run, trigger: m.subject.trigger, classNoun: m.subject.classNoun, base: m.base, ...(req.baseModel ? { baseModel: req.baseModel } : {}) });
+    preset = req.preset ?? defaultPreset(m.base, m.subject.kind);
+    value = presetSpec(preset as PresetName, {
+      session,
+      run,
+      trigger: m.subject.trigger,
+      classNoun: m.subject.classNoun,
+      base: m.base,
+      resolution: m.settings.resolution,
+      ...(req.baseModel ? { baseModel: req.baseModel } : {}),
+    });
   }
   value = { ...value, version: 1, session, run };
   if (req.baseModel && req.spec !== undefined) value.base = { ...(value.base as object), model: req.baseModel };

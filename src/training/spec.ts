@@ -41,6 +41,10 @@ export const DEFAULT_BASE_MODEL_IDS: Readonly<Record<BaseModel, string>> = {
   sd15: 'stable-diffusion-v1-5/stable-diffusion-v1-5',
   sd21: 'stabilityai/stable-diffusion-2-1',
   sdxl: 'stabilityai/stable-diffusion-xl-base-1.0',
+  'flux-dev': 'black-forest-labs/FLUX.1-dev',
+  'flux-schnell': 'black-forest-labs/FLUX.1-schnell',
+  'sd35-medium': 'stabilityai/stable-diffusion-3.5-medium',
+  'sd35-large': 'stabilityai/stable-diffusion-3.5-large',
 };
 
 const positiveInt = z.number().int().positive();
@@ -444,7 +448,7 @@ export function parseJobSpec(value: unknown, source = 'job spec'): JobSpec {
 }
 
 /** Names of the built-in presets. */
-export const PRESETS = ['face-sd15', 'object-sd15', 'face-lora-sdxl'] as const;
+export const PRESETS = ['face-sd15', 'object-sd15', 'face-lora-sd15', 'face-lora-sdxl', 'face-lora-flux', 'object-lora-flux', 'face-sd35-medium', 'face-lora-sd35'] as const;
 /** One of {@link PRESETS}. */
 export type PresetName = (typeof PRESETS)[number];
 
@@ -458,44 +462,95 @@ export interface PresetInput {
   base: BaseModel;
   /** Local Diffusers folder or Hugging Face id; default from {@link DEFAULT_BASE_MODEL_IDS}. */
   baseModel?: string;
+  /** Training resolution; default the base model's native one. */
+  resolution?: number;
 }
 
-/** Presets with one line each for `--help` and the docs. */
+/** Presets with one line each for `--help` and the docs (sources in docs/training.md). */
 export const PRESET_INFO: Readonly<Record<PresetName, string>> = {
   'face-sd15': 'a person on SD 1.5: fast-DreamBooth two-stage (text encoder 350 steps at 1e-6, UNet 1500 at 2e-6), 8-bit AdamW, fp16, batch 1',
   'object-sd15': 'an object or pet on SD 1.5: UNet-only 1200 steps at 2e-6 with prior preservation (200 class images), 8-bit AdamW, fp16',
+  'face-lora-sd15': 'a person as an SD 1.5 LoRA: rank 16, UNet 1500 steps at 1e-4, AdamW, fp16, batch 1',
   'face-lora-sdxl': 'a person as an SDXL LoRA at 1024 px: rank 16, UNet 1500 steps at 1e-4, AdamW, bf16, gradient checkpointing',
+  'face-lora-flux': 'a person as a FLUX.1 LoRA: rank 16 on attention and MLP layers, transformer 1500 steps at 1e-4, AdamW, bf16, guidance 1, logit-normal timesteps',
+  'object-lora-flux': 'an object or pet as a FLUX.1 LoRA: as face-lora-flux with 1000 steps',
+  'face-sd35-medium': 'a person on SD 3.5 Medium, full fine-tune: transformer 500 steps at 1e-4, batch 1 x 4 accumulated, 8-bit AdamW, bf16',
+  'face-lora-sd35': 'a person as an SD 3.5 Medium/Large LoRA: rank 16 on attention and MLP layers, 1500 steps at 1e-4, AdamW, bf16',
+};
+
+/** The base models each preset is made for. */
+export const PRESET_BASES: Readonly<Record<PresetName, readonly BaseModel[]>> = {
+  'face-sd15': ['sd15', 'sd21'],
+  'object-sd15': ['sd15', 'sd21'],
+  'face-lora-sd15': ['sd15', 'sd21'],
+  'face-lora-sdxl': ['sdxl'],
+  'face-lora-flux': ['flux-dev', 'flux-schnell'],
+  'object-lora-flux': ['flux-dev', 'flux-schnell'],
+  'face-sd35-medium': ['sd35-medium'],
+  'face-lora-sd35': ['sd35-medium', 'sd35-large'],
 };
 
 /**
- * Builds the spec of a preset for a session.
+ * The preset a session trains with when none is named: by base model, then by subject kind.
+ * @example defaultPreset('flux-dev', 'object') // 'object-lora-flux'
+ */
+export function defaultPreset(base: BaseModel, kind: 'person' | 'object' | 'style'): PresetName {
+  switch (BASE_MODEL_INFO[base].architecture) {
+    case 'sdxl':
+      return 'face-lora-sdxl';
+    case 'flux':
+      return kind === 'person' ? 'face-lora-flux' : 'object-lora-flux';
+    case 'sd3':
+      return 'face-lora-sd35';
+    default:
+      return kind === 'person' ? 'face-sd15' : 'object-sd15';
+  }
+}
+
+/**
+ * Builds the spec of a preset for a session. Sources of every default are in docs/training.md.
  * @throws BoothError `INVALID_ARGUMENT` when the preset does not fit the session's base model
- *   (e.g. `face-lora-sdxl` on an SD 1.5 session)
+ *   (e.g. `face-lora-sdxl` on an SD 1.5 session), naming the presets that do
  * @example presetSpec('face-sd15', { session: 'alice', run: 'r1', trigger: 'ohwx', classNoun: 'woman', base: 'sd15' })
  */
 export function presetSpec(name: PresetName, input: PresetInput): JobSpec {
   const info = BASE_MODEL_INFO[input.base];
-  const wantsXl = name === 'face-lora-sdxl';
-  if (wantsXl !== (info.architecture === 'sdxl')) {
-    throw new BoothError(
-      'INVALID_ARGUMENT',
-      `preset "${name}" is for ${wantsXl ? 'SDXL' : 'SD 1.x/2.x'} sessions but "${input.session}" targets ${info.label}; pick ${wantsXl ? 'face-sd15 or object-sd15' : 'face-lora-sdxl'}`,
-    );
+  if (!PRESET_BASES[name].includes(input.base)) {
+    const fits = PRESETS.filter((p) => PRESET_BASES[p].includes(input.base));
+    throw new BoothError('INVALID_ARGUMENT', `preset "${name}" is for ${PRESET_BASES[name].map((b) => BASE_MODEL_INFO[b].label).join(' / ')} sessions but "${input.session}" targets ${info.label}; pick ${fits.join(' or ')}`);
   }
+  const prompt = `photo of ${input.trigger} ${input.classNoun}`;
   const common = {
     version: SPEC_VERSION,
     session: input.session,
     run: input.run,
     base: { model: input.baseModel ?? DEFAULT_BASE_MODEL_IDS[input.base], architecture: info.architecture },
-    data: { instanceDir: 'dataset', captions: 'files', instancePrompt: `photo of ${input.trigger} ${input.classNoun}`, randomFlip: false },
-    resolution: info.resolution,
+    data: { instanceDir: 'dataset', captions: 'files', instancePrompt: prompt, randomFlip: false },
+    resolution: input.resolution ?? info.resolution,
     batchSize: 1,
     gradientAccumulation: 1,
     lrScheduler: { type: 'linear', warmupSteps: 0 },
     resumeState: { every: 250, keep: 2 },
-    samples: { prompts: [`photo of ${input.trigger} ${input.classNoun}`], every: 500 },
+    samples: { prompts: [prompt], every: 500 },
     cacheLatents: true,
   } satisfies Partial<JobSpecInput>;
+  const schnell = input.base === 'flux-schnell';
+  // FLUX.1 and SD 3.5: the sampling defaults of their reference pipelines (FluxPipeline: 28 steps,
+  // embedded guidance 3.5; [schnell]: 4 steps, no guidance; StableDiffusion3Pipeline: 28, CFG 7).
+  const flowSamples = info.architecture === 'flux'
+    ? { prompts: [prompt], every: 250, steps: schnell ? 4 : 28, guidanceScale: schnell ? 0 : 3.5 }
+    : { prompts: [prompt], every: 250, steps: 28, guidanceScale: 7 };
+  const fluxLora = (steps: number): JobSpecInput => ({
+    ...common,
+    mode: { type: 'lora', rank: 16, alpha: 16, targets: 'attention-mlp' },
+    schedule: { type: 'joint', steps, transformerLearningRate: 1e-4, textEncoderLearningRate: 0 },
+    optimizer: { type: 'adamw', weightDecay: 1e-2 },
+    mixedPrecision: 'bf16',
+    gradientCheckpointing: true,
+    lrScheduler: { type: 'constant', warmupSteps: 0 },
+    samples: flowSamples,
+    flow: { timestepSampling: 'logit_normal', guidanceScale: 1, ...(schnell ? { maxSequenceLength: 256 } : {}) },
+  });
   let spec: JobSpecInput;
   switch (name) {
     case 'face-sd15':
@@ -517,6 +572,17 @@ export function presetSpec(name: PresetName, input: PresetInput): JobSpec {
         mixedPrecision: 'fp16',
       };
       break;
+    case 'face-lora-sd15':
+      spec = {
+        ...common,
+        mode: { type: 'lora', rank: 16, alpha: 16 },
+        schedule: { type: 'joint', steps: 1500, unetLearningRate: 1e-4, textEncoderLearningRate: 0 },
+        optimizer: { type: 'adamw', weightDecay: 1e-2 },
+        mixedPrecision: 'fp16',
+        lrScheduler: { type: 'constant', warmupSteps: 0 },
+        samples: { prompts: [prompt], every: 250 },
+      };
+      break;
     case 'face-lora-sdxl':
       spec = {
         ...common,
@@ -527,6 +593,39 @@ export function presetSpec(name: PresetName, input: PresetInput): JobSpec {
         mixedPrecision: 'bf16',
         gradientCheckpointing: true,
         lrScheduler: { type: 'constant', warmupSteps: 0 },
+      };
+      break;
+    case 'face-lora-flux':
+      spec = fluxLora(1500);
+      break;
+    case 'object-lora-flux':
+      spec = fluxLora(1000);
+      break;
+    case 'face-sd35-medium':
+      spec = {
+        ...common,
+        mode: { type: 'full' },
+        gradientAccumulation: 4,
+        schedule: { type: 'joint', steps: 500, transformerLearningRate: 1e-4, textEncoderLearningRate: 0 },
+        optimizer: { type: 'adamw8bit' },
+        mixedPrecision: 'bf16',
+        gradientCheckpointing: true,
+        lrScheduler: { type: 'constant', warmupSteps: 0 },
+        samples: { ...flowSamples, every: 100 },
+        flow: { timestepSampling: 'logit_normal' },
+      };
+      break;
+    case 'face-lora-sd35':
+      spec = {
+        ...common,
+        mode: { type: 'lora', rank: 16, alpha: 16, targets: 'attention-mlp' },
+        schedule: { type: 'joint', steps: 1500, transformerLearningRate: 1e-4, textEncoderLearningRate: 0 },
+        optimizer: { type: 'adamw', weightDecay: 1e-2 },
+        mixedPrecision: 'bf16',
+        gradientCheckpointing: true,
+        lrScheduler: { type: 'constant', warmupSteps: 0 },
+        samples: flowSamples,
+        flow: { timestepSampling: 'logit_normal' },
       };
       break;
   }

@@ -4,7 +4,8 @@ import { describe, expect, it } from 'vitest';
 import { BoothError } from '../../src/errors.js';
 import { applySet } from '../../src/training/control.js';
 import { estimateVramGb, assertHostFits } from '../../src/training/requirements.js';
-import { extendSpec, jobSpecJsonSchema, parseJobSpec, presetSpec, stagesOf, totalSteps, PRESETS } from '../../src/training/spec.js';
+import { defaultPreset, extendSpec, jobSpecJsonSchema, parseJobSpec, presetSpec, stagesOf, totalSteps, PRESETS, PRESET_BASES } from '../../src/training/spec.js';
+import { BASE_MODELS } from '../../src/sessions/base-models.js';
 import type { CheckReport } from '../../src/training/protocol.js';
 
 const input = { session: 'alice', run: '20261122-120000-abcd', trigger: 'ohwx', classNoun: 'woman', base: 'sd15' as const };
@@ -38,12 +39,84 @@ describe('presets', () => {
   it('face-lora-sdxl is a 1024 px LoRA and refuses SD 1.5 sessions (and vice versa)', () => {
     const s = presetSpec('face-lora-sdxl', { ...input, base: 'sdxl' });
     expect(s).toMatchObject({ mode: { type: 'lora', rank: 16, alpha: 16 }, resolution: 1024, base: { architecture: 'sdxl' }, gradientCheckpointing: true });
-    expect(() => presetSpec('face-lora-sdxl', input)).toThrow(/for SDXL sessions/);
+    expect(() => presetSpec('face-lora-sdxl', input)).toThrow(/is for Stable Diffusion XL base 1.0 sessions but "alice" targets Stable Diffusion 1.5; pick face-sd15 or object-sd15 or face-lora-sd15/);
     expect(() => presetSpec('face-sd15', { ...input, base: 'sdxl' })).toThrow(/face-lora-sdxl/);
   });
 
   it('a preset on SD 2.1 trains at 768 px on the sd2 architecture', () => {
     expect(presetSpec('face-sd15', { ...input, base: 'sd21' })).toMatchObject({ resolution: 768, base: { architecture: 'sd2' } });
+  });
+
+  it('face-lora-sd15 is an SD 1.5 LoRA without overrides', () => {
+    const s = presetSpec('face-lora-sd15', input);
+    expect(s).toMatchObject({ mode: { type: 'lora', rank: 16, alpha: 16 }, schedule: { type: 'joint', steps: 1500, unetLearningRate: 1e-4 }, resolution: 512, mixedPrecision: 'fp16' });
+  });
+
+  it('face-lora-flux: FLUX.1 [dev] LoRA at 1024 px with the flow settings, [schnell] samples in 4 steps with a 256-token T5 window', () => {
+    const dev = presetSpec('face-lora-flux', { ...input, base: 'flux-dev' });
+    expect(dev).toMatchObject({
+      base: { architecture: 'flux', model: 'black-forest-labs/FLUX.1-dev' },
+      mode: { type: 'lora', rank: 16, alpha: 16, targets: 'attention-mlp' },
+      schedule: { type: 'joint', steps: 1500, transformerLearningRate: 1e-4, textEncoderLearningRate: 0 },
+      resolution: 1024,
+      mixedPrecision: 'bf16',
+      gradientCheckpointing: true,
+      flow: { timestepSampling: 'logit_normal', guidanceScale: 1 },
+      samples: { steps: 28, guidanceScale: 3.5, every: 250 },
+    });
+    expect(dev.schedule).not.toHaveProperty('unetLearningRate');
+    const schnell = presetSpec('face-lora-flux', { ...input, base: 'flux-schnell', resolution: 768 });
+    expect(schnell).toMatchObject({ resolution: 768, samples: { steps: 4, guidanceScale: 0 }, flow: { maxSequenceLength: 256 }, base: { model: 'black-forest-labs/FLUX.1-schnell' } });
+    expect(totalSteps(presetSpec('object-lora-flux', { ...input, base: 'flux-dev' }))).toBe(1000);
+  });
+
+  it('SD 3.5 presets: Medium full fine-tune with accumulation, LoRA for Medium and Large', () => {
+    const full = presetSpec('face-sd35-medium', { ...input, base: 'sd35-medium' });
+    expect(full).toMatchObject({ mode: { type: 'full' }, gradientAccumulation: 4, schedule: { steps: 500, transformerLearningRate: 1e-4 }, base: { architecture: 'sd3' } });
+    expect(() => presetSpec('face-sd35-medium', { ...input, base: 'sd35-large' })).toThrow(/pick face-lora-sd35/);
+    expect(presetSpec('face-lora-sd35', { ...input, base: 'sd35-large' })).toMatchObject({ base: { model: 'stabilityai/stable-diffusion-3.5-large' }, mode: { type: 'lora' } });
+  });
+
+  it('every base model has a default preset that fits it', () => {
+    for (const base of BASE_MODELS) {
+      for (const kind of ['person', 'object', 'style'] as const) {
+        const p = defaultPreset(base, kind);
+        expect(PRESET_BASES[p], `${base} ${kind}`).toContain(base);
+        expect(() => presetSpec(p, { ...input, base })).not.toThrow();
+      }
+    }
+  });
+});
+
+describe('family rules', () => {
+  const flux = presetSpec('face-lora-flux', { ...input, base: 'flux-dev' });
+
+  it('the denoiser learning rate is named after the denoiser', () => {
+    const s = flux.schedule as Record<string, unknown>;
+    expect(() => parseJobSpec({ ...flux, schedule: { ...s, unetLearningRate: 1e-4, transformerLearningRate: undefined } })).toThrow(/schedule\.unetLearningRate: a flux model's denoiser is a transformer; name its learning rate schedule\.transformerLearningRate/);
+    expect(() => parseJobSpec({ ...flux, schedule: { ...s, transformerLearningRate: undefined } })).toThrow(/schedule\.transformerLearningRate: required/);
+    const sd = presetSpec('face-lora-sd15', input);
+    expect(() => parseJobSpec({ ...sd, schedule: { ...sd.schedule, transformerLearningRate: 1e-4 } })).toThrow(/schedule\.transformerLearningRate: a sd1 model's denoiser is a UNet/);
+  });
+
+  it('FLUX.1 is a LoRA, the text encoders stay frozen, flow settings only on flow bases', () => {
+    expect(() => parseJobSpec({ ...flux, mode: { type: 'full' } })).toThrow(/mode\.type: FLUX\.1 is trained as a LoRA/);
+    expect(() => parseJobSpec({ ...flux, schedule: { ...flux.schedule, textEncoderLearningRate: 1e-5 } })).toThrow(/textEncoderLearningRate: flux runs keep the text encoders frozen/);
+    expect(() => parseJobSpec({ ...flux, schedule: { type: 'two-stage', textEncoder: { steps: 0, learningRate: 1e-6 }, unet: { steps: 10, learningRate: 1e-4 } } })).toThrow(/schedule\.type: flux runs train the transformer only/);
+    expect(() => parseJobSpec({ ...flux, base: { ...flux.base, predictionType: 'epsilon' } })).toThrow(/base\.predictionType/);
+    expect(() => parseJobSpec({ ...presetSpec('face-sd15', input), flow: { guidanceScale: 1 } })).toThrow(/flow: flow-matching settings apply to FLUX\.1 and SD 3\.5 only, not to sd1/);
+    expect(() => parseJobSpec({ ...flux, flow: { shift: 'auto' } })).toThrow(/flow\.shift/);
+  });
+
+  it('the VRAM estimate of a FLUX.1 LoRA is set by the 12 B transformer, T5 gone before training', () => {
+    const e = estimateVramGb(flux);
+    // bf16 transformer 22.2 GiB + LoRA + activations with checkpointing; the load phase (transformer + T5 + CLIP in bf16, 31.4 GiB) is smaller.
+    expect(e.gb).toBeGreaterThan(25);
+    expect(e.gb).toBeLessThan(45);
+    expect(Object.keys(e.terms)).toContain('activations');
+    const sd35 = estimateVramGb(presetSpec('face-lora-sd35', { ...input, base: 'sd35-medium' }));
+    const large = estimateVramGb(presetSpec('face-lora-sd35', { ...input, base: 'sd35-large' }));
+    expect(large.gb).toBeGreaterThan(sd35.gb + 8);
   });
 });
 
@@ -143,7 +216,7 @@ describe('JSON Schema for the trainer', () => {
   it('every preset validates against its own schema shape (required fields present)', () => {
     const schema = jobSpecJsonSchema() as { required: string[] };
     for (const p of PRESETS) {
-      const s = presetSpec(p, { ...input, base: p === 'face-lora-sdxl' ? 'sdxl' : 'sd15' }) as unknown as Record<string, unknown>;
+      const s = presetSpec(p, { ...input, base: PRESET_BASES[p][0]! }) as unknown as Record<string, unknown>;
       for (const field of schema.required) expect(s[field], `${p}.${field}`).toBeDefined();
     }
   });

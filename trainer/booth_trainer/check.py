@@ -12,12 +12,30 @@ import importlib
 import importlib.metadata as md
 import importlib.util
 import platform
+import re
 import sys
 from typing import Any, Dict, List, Optional
 
 from . import PROTOCOL_VERSION
 
 PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "peft", "safetensors", "bitsandbytes")
+#: The first diffusers release with each family's classes as the trainer uses them: FLUX.1
+#: (``FluxTransformer2DModel`` with 2-D position ids) and SD 3.5 (QK-norm and dual attention in
+#: ``SD3Transformer2DModel``).
+MIN_DIFFUSERS = {"flux": "0.31.0", "sd3": "0.31.0"}
+
+
+def _version_tuple(v: str) -> tuple:
+    """``"0.31.0.dev0"`` -> ``(0, 31, 0)`` (leading numeric parts only)."""
+    out = []
+    for part in v.split("."):
+        m = re.match(r"\d+", part)
+        if not m:
+            break
+        out.append(int(m.group()))
+        if m.end() < len(part):  # "2rc1": a pre-release ends the numeric part
+            break
+    return tuple(out)
 REQUIRED = ("torch", "diffusers", "transformers", "accelerate", "peft", "safetensors")
 
 
@@ -90,6 +108,10 @@ def run_check(spec_path: Optional[str] = None) -> Dict[str, Any]:
                 problems.append("optimizer.type is adamw8bit but bitsandbytes is not installed: run scripts/setup-gpu-host.sh without --no-8bit, or use adamw")
             if spec.get("mixedPrecision") == "bf16" and gpu["gpus"] and not gpu["bf16"]:
                 problems.append("mixedPrecision is bf16 but this GPU does not support bf16; use fp16")
+            need = MIN_DIFFUSERS.get(spec["base"]["architecture"])
+            have = versions.get("diffusers")
+            if need and have and _version_tuple(have) < _version_tuple(need):
+                problems.append(f"{spec['base']['architecture']} models need diffusers {need} or newer (this host has {have}): run scripts/setup-gpu-host.sh")
     report: Dict[str, Any] = {"event": "check", "protocol": PROTOCOL_VERSION, "python": platform.python_version()}
     report.update(versions)
     report.update(gpu)

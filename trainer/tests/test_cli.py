@@ -35,6 +35,25 @@ class Commands(unittest.TestCase):
             self.assertIsNone(r["torch"])
             self.assertIn("torch is not installed: run scripts/setup-gpu-host.sh", r["problems"])
 
+    def test_check_names_the_diffusers_release_a_flow_base_needs(self):
+        from unittest import mock
+
+        from booth_trainer import check
+        from booth_trainer.check import _version_tuple
+
+        self.assertEqual([_version_tuple(v) for v in ("0.31.0.dev0", "0.30.2", "1.2rc1")], [(0, 31, 0), (0, 30, 2), (1, 2)])
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "spec.json")
+            with open(path, "w") as f:
+                json.dump(fixture_spec("face-lora-flux"), f)
+            versions = {"torch": None, "diffusers": "0.30.3"}
+            with mock.patch.object(check, "package_version", lambda name: versions.get(name, "1.0")):
+                old = check.run_check(path)["problems"]
+                versions["diffusers"] = "0.40.0"
+                new = check.run_check(path)["problems"]
+        self.assertTrue(any("flux models need diffusers 0.31.0 or newer (this host has 0.30.3)" in p for p in old), old)
+        self.assertFalse(any("need diffusers" in p for p in new), new)
+
     def test_check_reports_an_invalid_spec_as_a_problem(self):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "spec.json")

@@ -11,7 +11,7 @@ from .helpers import fixture_spec, minimal_spec, with_change
 
 class PresetFixtures(unittest.TestCase):
     def test_every_preset_validates_unchanged(self):
-        for name in ("face-sd15", "object-sd15", "face-lora-sdxl", "face-sd15-extended"):
+        for name in ("face-sd15", "object-sd15", "face-lora-sdxl", "face-sd15-extended", "face-lora-flux", "face-sd35-medium"):
             with self.subTest(name=name):
                 raw = fixture_spec(name)
                 # presetSpec output has every default filled already: validation must not change it.
@@ -22,6 +22,8 @@ class PresetFixtures(unittest.TestCase):
         self.assertEqual([s.to_event() for s in stages_of(fixture_spec("object-sd15"))], [{"name": "unet", "steps": 1200, "start": 0}])
         self.assertEqual([s.to_event() for s in stages_of(fixture_spec("face-lora-sdxl"))], [{"name": "joint", "steps": 1500, "start": 0}])
         self.assertEqual(total_steps(fixture_spec("face-sd15-extended")), 2350)
+        flux = stages_of(fixture_spec("face-lora-flux"))
+        self.assertEqual([(s.name, s.steps, s.denoiser_lr, s.text_encoder_lr) for s in flux], [("joint", 1500, 1e-4, 0.0)])
 
     def test_extension_keeps_the_fingerprint(self):
         self.assertEqual(fingerprint(fixture_spec("face-sd15")), fingerprint(fixture_spec("face-sd15-extended")))

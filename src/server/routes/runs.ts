@@ -13,7 +13,8 @@ import { assertSessionName } from '../../sessions/store.js';
 import { buildSpec, extendRun, resumeRun, runInfo, stopRun, trainSession, type ReconcileOptions, type SpecRequest } from '../../training/control.js';
 import { estimateVramGb } from '../../training/requirements.js';
 import { RUN_ID_PATTERN, RunStore, runKeys } from '../../training/runs.js';
-import { PRESETS, PRESET_INFO, stagesOf, totalSteps } from '../../training/spec.js';
+import { PRESETS, PRESET_BASES, PRESET_INFO, stagesOf, totalSteps } from '../../training/spec.js';
+import { BASE_MODELS, BASE_MODEL_INFO } from '../../sessions/base-models.js';
 import type { ServerContext } from '../context.js';
 import { sendObject } from '../download.js';
 import { streamRunEvents } from '../sse.js';
@@ -55,7 +56,12 @@ export function registerRunRoutes(parent: FastifyInstance, ctx: ServerContext): 
   const { store, sessions, signer } = ctx;
   const reconcile: ReconcileOptions = { probe: (launch) => ctx.launcher(launch.launcher).probe(launch.handle) };
 
-  api.get('/presets', { schema: { tags: ['training'], summary: 'Training presets' } }, async () => ({ presets: PRESETS.map((name) => ({ name, description: PRESET_INFO[name] })) }));
+  api.get('/presets', { schema: { tags: ['training'], summary: 'Training presets' } }, async () => ({
+    presets: PRESETS.map((name) => ({ name, description: PRESET_INFO[name], bases: PRESET_BASES[name] })),
+  }));
+  api.get('/base-models', { schema: { tags: ['training'], summary: 'Base models a session can target' } }, async () => ({
+    baseModels: BASE_MODELS.map((name) => ({ name, ...BASE_MODEL_INFO[name] })),
+  }));
 
   api.post(
     '/sessions/:name/runs/estimate',

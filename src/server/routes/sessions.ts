@@ -45,6 +45,7 @@ const createBody = z.object({
   classNoun: text48.describe('class noun, e.g. man, woman, dog'),
   kind: z.enum(['person', 'object', 'style']).default('person'),
   base: z.enum(BASE_MODELS).default('sd15'),
+  resolution: z.number().int().positive().optional().describe('training resolution when the base allows several (FLUX.1, SD 3.5: 512, 768 or 1024)'),
   framing: framingEnum.optional(),
   captionTemplate: z.string().min(1).max(500).optional(),
 });
@@ -199,7 +200,7 @@ export function registerSessionRoutes(parent: FastifyInstance, ctx: ServerContex
       name: b.name,
       subject: { trigger: b.trigger, classNoun: b.classNoun, kind: b.kind },
       base: b.base,
-      settings: { ...(b.framing ? { framing: b.framing } : {}), ...(b.captionTemplate ? { captionTemplate: b.captionTemplate } : {}) },
+      settings: { ...(b.framing ? { framing: b.framing } : {}), ...(b.captionTemplate ? { captionTemplate: b.captionTemplate } : {}), ...(b.resolution !== undefined ? { resolution: b.resolution } : {}) },
     });
     return reply.code(201).send(sessionSummary(m));
   });

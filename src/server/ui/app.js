@@ -86,7 +86,14 @@ function loginPage(next) {
 // ---- sessions ---------------------------------------------------------------------------
 
 async function sessionsPage() {
-  const { sessions } = await api('GET', '/api/sessions');
+  const [{ sessions }, { baseModels }] = await Promise.all([api('GET', '/api/sessions'), api('GET', '/api/base-models')]);
+  const resolutionSelect = h('select', { name: 'resolution' });
+  // The resolutions the chosen base trains at (FLUX.1 and SD 3.5 offer 512, 768 and 1024 px).
+  const showResolutions = (base) => {
+    const info = baseModels.find((b) => b.name === base) ?? baseModels[0];
+    resolutionSelect.replaceChildren(...info.resolutions.map((r) => h('option', { value: String(r), ...(r === info.resolution ? { selected: true } : {}) }, `${r} px`)));
+  };
+  showResolutions('sd15');
   const rows = sessions.map((s) =>
     h('tr', {}, h('td', {}, h('a', { href: `#/s/${enc(s.name)}` }, s.name)), h('td', {}, s.error ? h('span', { class: 'error' }, s.error) : `${s.subject.trigger} ${s.subject.classNoun}`), h('td', {}, s.state ? badge(s.state) : ''), h('td', {}, s.photos ? `${s.photos.accepted}/${s.photos.total} accepted` : ''), h('td', {}, s.base ?? '')),
   );
@@ -99,7 +106,7 @@ async function sessionsPage() {
         e.preventDefault();
         const f = new FormData(e.target);
         try {
-          const s = await api('POST', '/api/sessions', { name: f.get('name'), trigger: f.get('trigger'), classNoun: f.get('classNoun'), kind: f.get('kind'), base: f.get('base') });
+          const s = await api('POST', '/api/sessions', { name: f.get('name'), trigger: f.get('trigger'), classNoun: f.get('classNoun'), kind: f.get('kind'), base: f.get('base'), resolution: Number(f.get('resolution')) });
           location.hash = `#/s/${enc(s.name)}`;
         } catch (err) {
           fail(err);
@@ -110,7 +117,8 @@ async function sessionsPage() {
     h('label', {}, 'Trigger phrase', h('input', { name: 'trigger', required: true, value: 'ohwx' })),
     h('label', {}, 'Class noun', h('input', { name: 'classNoun', required: true, placeholder: 'woman' })),
     h('label', {}, 'Kind', h('select', { name: 'kind' }, h('option', { value: 'person' }, 'person'), h('option', { value: 'object' }, 'object'), h('option', { value: 'style' }, 'style'))),
-    h('label', {}, 'Base model', h('select', { name: 'base' }, h('option', { value: 'sd15' }, 'SD 1.5 (512 px)'), h('option', { value: 'sd21' }, 'SD 2.1 (768 px)'), h('option', { value: 'sdxl' }, 'SDXL (1024 px)'))),
+    h('label', {}, 'Base model', h('select', { name: 'base', onchange: (e) => showResolutions(e.target.value) }, ...baseModels.map((b) => h('option', { value: b.name }, `${b.label} (${b.resolutions.join('/')} px)`)))),
+    h('label', {}, 'Resolution', resolutionSelect),
     h('button', { type: 'submit' }, 'Create session'),
   );
   render(
