@@ -43,8 +43,9 @@ export function registerExportCommands(cli: Cli): void {
     .option('--step <n>', 'resume-state step: NOT exportable yet — only the final model of a run can be exported for now')
     .addOption(new Option('--dtype <dtype>', 'precision of the weights').choices(['fp16', 'bf16', 'fp32']).default('fp16'))
     .option('--name <name>', 'export name, the file stem (default: <session>-<run>)')
+    .addOption(new Option('--lora-format <layout>', 'FLUX.1/SD 3.5 LoRAs: kohya (lora_unet_… names with fused qkv; ComfyUI, Forge, sd-scripts) or diffusers (transformer.… names); default kohya for FLUX.1, diffusers for SD 3.5').choices(['kohya', 'diffusers']))
     .option('--json', 'print the export record as JSON')
-    .action(async (session: string, o: { run?: string; step?: string; dtype: 'fp16' | 'bf16' | 'fp32'; name?: string; json?: boolean }) => {
+    .action(async (session: string, o: { run?: string; step?: string; dtype: 'fp16' | 'bf16' | 'fp32'; name?: string; loraFormat?: 'kohya' | 'diffusers'; json?: boolean }) => {
       checkName(session);
       const step = parseStep(o.step);
       const { store, logger } = await cli.context();
@@ -59,6 +60,7 @@ export function registerExportCommands(cli: Cli): void {
           onProgress: bars.onProgress,
           ...(o.run !== undefined ? { run: o.run } : {}),
           ...(o.name !== undefined ? { name: o.name } : {}),
+          ...(o.loraFormat !== undefined ? { loraFormat: o.loraFormat } : {}),
           ...(step !== undefined ? { step } : {}),
         });
       } finally {
@@ -106,10 +108,12 @@ export function registerExportCommands(cli: Cli): void {
   program
     .command('convert <input> <output>')
     .description(
-      'convert a Diffusers folder (SD 1.x, 2.x, XL; plain, sharded or variant weights) or a Diffusers/peft LoRA ' +
-        '(pytorch_lora_weights.safetensors, or a folder holding it) into one .safetensors file; architecture detected from the configs',
+      'convert a Diffusers folder (SD 1.x, 2.x, XL, SD 3.5; plain, sharded or variant weights) or a Diffusers/peft LoRA ' +
+        '(SD 1.x/2.x/XL, FLUX.1, SD 3.5: pytorch_lora_weights.safetensors, or a folder holding it) into one .safetensors file; architecture detected from the configs',
     )
-    .addOption(new Option('--arch <arch>', 'architecture (default: detected)').choices(['sd1', 'sd2', 'sdxl']))
+    .addOption(new Option('--arch <arch>', 'architecture (default: detected)').choices(['sd1', 'sd2', 'sdxl', 'flux', 'sd3']))
+    .addOption(new Option('--release <name>', 'FLUX.1 dev|schnell or SD 3.5 medium|large, for the metadata (default: detected where the tensors tell, else dev/medium)').choices(['dev', 'schnell', 'medium', 'large']))
+    .addOption(new Option('--lora-format <layout>', 'FLUX.1/SD 3.5 LoRAs: kohya or diffusers tensor names (default kohya for FLUX.1, diffusers for SD 3.5)').choices(['kohya', 'diffusers']))
     .addOption(new Option('--dtype <dtype>', 'precision of the weights').choices(['fp16', 'bf16', 'fp32']).default('fp16'))
     .option('--variant <variant>', 'read variant weights, e.g. fp16 (diffusion_pytorch_model.fp16.safetensors)')
     .addOption(new Option('--prediction <type>', 'prediction type (default: scheduler config, else v for SD 2.x at 768 px)').choices(['epsilon', 'v_prediction']))
@@ -120,14 +124,25 @@ export function registerExportCommands(cli: Cli): void {
       async (
         input: string,
         output: string,
-        o: { arch?: 'sd1' | 'sd2' | 'sdxl'; dtype: 'fp16' | 'bf16' | 'fp32'; variant?: string; prediction?: 'epsilon' | 'v_prediction'; title?: string; trigger?: string; json?: boolean },
+        o: {
+          arch?: 'sd1' | 'sd2' | 'sdxl' | 'flux' | 'sd3';
+          release?: 'dev' | 'schnell' | 'medium' | 'large';
+          loraFormat?: 'kohya' | 'diffusers';
+          dtype: 'fp16' | 'bf16' | 'fp32';
+          variant?: string;
+          prediction?: 'epsilon' | 'v_prediction';
+          title?: string;
+          trigger?: string;
+          json?: boolean;
+        },
       ) => {
         if (!output.endsWith('.safetensors')) usage(`the output must be a .safetensors file, got ${JSON.stringify(output)}`);
         const json = Boolean(o.json);
         const conv = await import('../convert/index.js');
         const st = await stat(input).catch(() => null);
         if (!st) throw new BoothError('NOT_FOUND', `no file or folder "${input}"`);
-        const loraFile = st.isFile() ? input : (await stat(path.join(input, conv.LORA_FILE)).catch(() => null))?.isFile() && !(await stat(path.join(input, 'unet')).catch(() => null)) ? path.join(input, conv.LORA_FILE) : null;
+        const isModelFolder = async () => Boolean((await stat(path.join(input, 'unet')).catch(() => null)) ?? (await stat(path.join(input, 'transformer')).catch(() => null)));
+        const loraFile = st.isFile() ? input : (await stat(path.join(input, conv.LORA_FILE)).catch(() => null))?.isFile() && !(await isModelFolder()) ? path.join(input, conv.LORA_FILE) : null;
         const common = {
           dtype: o.dtype,
           ...(o.arch ? { architecture: o.arch } : {}),
@@ -140,8 +155,8 @@ export function registerExportCommands(cli: Cli): void {
         let result;
         try {
           const planned = loraFile
-            ? await conv.planLora(await conv.openFileSource(loraFile), common)
-            : await conv.planCheckpoint(conv.localFolder(input), { ...common, ...(o.variant ? { variant: o.variant } : {}) });
+            ? await conv.planLora(await conv.openFileSource(loraFile), { ...common, ...(o.release ? { release: o.release } : {}), ...(o.loraFormat ? { loraFormat: o.loraFormat } : {}) })
+            : await conv.planCheckpoint(conv.localFolder(input), { ...common, ...(o.variant ? { variant: o.variant } : {}), ...(o.release ? { release: o.release } : {}) });
           try {
             const w = await conv.writePlanToFile(planned.plan, output, { onProgress: bars.onProgress });
             result = { ...w, facts: planned.facts, metadata: planned.plan.metadata, tensors: planned.plan.tensors.length };

@@ -11,7 +11,7 @@
  */
 import { BoothError } from '../errors.js';
 import type { ObjectStore } from '../storage/types.js';
-import { closeComponent, loadComponent, parseJson, type Component, type ModelFolder } from './diffusers.js';
+import { closeComponent, loadComponent, parseJson, type Component, type ModelFolder, type TensorRef } from './diffusers.js';
 import { mapHfClip, mapOpenClip, mapUNet, mapVae, type ComponentMap } from './keymap.js';
 import {
   clipConfig,
@@ -24,6 +24,7 @@ import {
   type Shapes,
   type UNetConfig,
 } from './layouts.js';
+import { mapSd3Transformer, mmditShapes, sd3Config } from './mmdit.js';
 import { modelspecMetadata, type Architecture, type ModelFacts, type PredictionType } from './metadata.js';
 import { floatDType, isFloat, makePlan, writePlanToFile, writePlanToStore, type OutputDType, type PlannedTensor, type ProgressFn, type WritePlan, type WriteResult } from './writer.js';
 
@@ -43,6 +44,8 @@ export interface CheckpointOptions {
   triggerPhrase?: string;
   /** Further metadata entries (e.g. `booth.*` training facts); they win over computed ones. */
   metadata?: Record<string, string>;
+  /** SD 3.5 `medium`/`large` for the metadata (default from the transformer's width). */
+  release?: 'dev' | 'schnell' | 'medium' | 'large';
 }
 
 /** A checkpoint ready to be written, with what was decided on the way. */
@@ -118,16 +121,25 @@ function reportUnknown(maps: Array<[string, ComponentMap]>, where: string): void
 
 function planned(component: Component, map: ComponentMap, dtype: OutputDType): PlannedTensor[] {
   return map.mapped.map((m) => {
-    const parts = m.parts.map((p) => {
+    const parts = m.parts.map((p, i) => {
       const ref = component.tensors.get(p);
       if (!ref) throw new BoothError('INVALID_ARGUMENT', `internal error: ${component.name} tensor "${p}" vanished`);
-      return { ref };
+      const slice = m.slices?.[i];
+      return { ref: slice ? rowSlice(ref, slice) : ref };
     });
     const first = parts[0]?.ref.info.dtype ?? 'F32';
     // Float tensors take the chosen precision; integer buffers (position_ids) keep theirs.
     const out = isFloat(first) ? floatDType(dtype) : first;
     return { name: m.name, dtype: out, shape: m.shape, parts, ...(m.transpose ? { transpose: true } : {}) };
   });
+}
+
+/** Rows `[r0, r1)` of a tensor as a tensor of its own: a byte range of the same file (row-major data). */
+function rowSlice(ref: TensorRef, [r0, r1]: [number, number]): TensorRef {
+  const rows = ref.info.shape[0] ?? 0;
+  if (!(r0 >= 0 && r1 <= rows && r0 < r1)) throw new BoothError('INVALID_ARGUMENT', `internal error: rows ${r0}..${r1} of ${ref.info.name} (${rows} rows)`);
+  const rowBytes = (ref.info.end - ref.info.start) / rows;
+  return { file: ref.file, info: { ...ref.info, shape: [r1 - r0, ...ref.info.shape.slice(1)], start: ref.info.start + r0 * rowBytes, end: ref.info.start + r1 * rowBytes } };
 }
 
 function shapesOf(c: Component): Map<string, number[]> {
@@ -160,6 +172,9 @@ export async function planCheckpoint(folder: ModelFolder, options: CheckpointOpt
       components.push(c);
       return c;
     };
+    if ((await folder.list('unet')).length === 0 && (await folder.list('transformer')).length > 0) {
+      return await planTransformerCheckpoint(folder, options, load, close);
+    }
     const unet = await load('unet', 'diffusion_pytorch_model');
     const ucfg = unetConfig(unet.config, `${folder.where}/unet/config.json`);
     const hasTe2 = (await folder.list('text_encoder_2')).length > 0;
@@ -218,6 +233,52 @@ export async function planCheckpoint(folder: ModelFolder, options: CheckpointOpt
     await close();
     throw err;
   }
+}
+
+/**
+ * {@link planCheckpoint} for a folder whose denoiser is a transformer: SD 3.5 (Medium, Large)
+ * becomes `model.diffusion_model.…` (MMDiT names, mmdit.ts) plus `first_stage_model.…` (the
+ * 16-channel VAE); the text encoders are left out, as Stability AI ships them beside the official
+ * single files and loaders take them separately. FLUX.1 full checkpoints are refused: Booth
+ * trains FLUX.1 as a LoRA, and the base single file comes from its publisher.
+ */
+async function planTransformerCheckpoint(
+  folder: ModelFolder,
+  options: CheckpointOptions,
+  load: (name: string, base: string) => Promise<Component>,
+  close: () => Promise<void>,
+): Promise<CheckpointPlan> {
+  const dtype = options.dtype ?? 'fp16';
+  const transformer = await load('transformer', 'diffusion_pytorch_model');
+  const cls = (transformer.config as Record<string, unknown> | null)?._class_name;
+  if (cls === 'FluxTransformer2DModel' || options.architecture === 'flux') {
+    throw new BoothError('INVALID_ARGUMENT', `${folder.where} is a FLUX.1 model: Booth exports FLUX.1 runs as LoRAs (booth convert <run>/model/pytorch_lora_weights.safetensors), not full checkpoints`);
+  }
+  if (cls !== undefined && cls !== 'SD3Transformer2DModel') throw new BoothError('INVALID_ARGUMENT', `${folder.where}/transformer is a ${String(cls)}; Booth converts SD3Transformer2DModel (SD 3.5) folders`);
+  if (options.architecture !== undefined && options.architecture !== 'sd3') throw new BoothError('INVALID_ARGUMENT', `${folder.where} holds an SD 3.5 transformer, not ${options.architecture}; drop --arch`);
+  const tcfg = sd3Config(transformer.config, `${folder.where}/transformer/config.json`);
+  const vae = await load('vae', 'diffusion_pytorch_model');
+  const vcfg = vaeConfig(vae.config, `${folder.where}/vae/config.json`);
+  const maps: Array<[string, ComponentMap, Component]> = [
+    ['transformer', mapSd3Transformer(shapesOf(transformer), tcfg), transformer],
+    ['vae', mapVae(shapesOf(vae), vcfg.blockOutChannels.length), vae],
+  ];
+  reportUnknown(maps.map(([n, m]) => [n, m]), folder.where);
+  const expected: Shapes = new Map([...withPrefix(mmditShapes(tcfg), 'model.diffusion_model.'), ...withPrefix(ldmVaeShapes(vcfg), 'first_stage_model.')]);
+  checkAgainstLayout(maps.flatMap(([, m]) => m.mapped), expected, folder.where);
+  const width = tcfg.heads * tcfg.headDim;
+  const facts: ModelFacts = {
+    architecture: 'sd3',
+    predictionType: 'flow',
+    resolution: tcfg.sampleSize * 2 ** (vcfg.blockOutChannels.length - 1),
+    title: options.title ?? (folder.where.split('/').filter(Boolean).at(-1) ?? 'model'),
+    release: options.release ?? (width >= 2432 ? 'large' : 'medium'),
+    ...(options.triggerPhrase ? { triggerPhrase: options.triggerPhrase } : {}),
+  };
+  const metadata = { ...modelspecMetadata(facts), 'booth.dtype': dtype, ...options.metadata };
+  const tensors = maps.flatMap(([, m, c]) => planned(c, m, dtype));
+  const counts = Object.fromEntries(maps.map(([n, m]) => [n, m.mapped.length]));
+  return { plan: makePlan(tensors, metadata), facts, dropped: maps.flatMap(([, m]) => m.dropped), counts, close };
 }
 
 /** Native resolution: the UNet's sample size times the VAE's downscale (2 per level after the first). */

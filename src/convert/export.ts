@@ -20,6 +20,7 @@ import { planCheckpoint } from './checkpoint.js';
 import { storeFolder } from './diffusers.js';
 import { openStoreSource, writeFileAtomic } from './io.js';
 import { planLora, LORA_FILE } from './lora.js';
+import type { FlowLoraFormat } from './lora-flow.js';
 import { autoV2, needsV2Yaml, v2VPredictionYaml, type Architecture, type ModelFacts, type PredictionType } from './metadata.js';
 import { writePlanToStore, type OutputDType, type ProgressFn } from './writer.js';
 
@@ -29,7 +30,7 @@ export const EXPORT_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 /** The parts of a job spec an export reads; everything else passes through untouched. */
 const specSchema = z.looseObject({
   base: z.looseObject({
-    architecture: z.enum(['sd1', 'sd2', 'sdxl']).optional(),
+    architecture: z.enum(['sd1', 'sd2', 'sdxl', 'flux', 'sd3']).optional(),
     model: z.string().optional(),
     predictionType: z.enum(['epsilon', 'v_prediction']).optional(),
   }).optional(),
@@ -81,6 +82,8 @@ export interface ExportOptions {
   name?: string;
   /** Output precision (default fp16). */
   dtype?: OutputDType;
+  /** FLUX.1/SD 3.5 LoRAs: tensor names (default kohya for FLUX.1, diffusers for SD 3.5). */
+  loraFormat?: FlowLoraFormat;
   logger?: Logger;
   onProgress?: ProgressFn;
 }
@@ -111,6 +114,17 @@ async function readOptional<T>(store: ObjectStore, key: string, parse: (v: unkno
     if (isBoothError(err, 'NOT_FOUND')) return undefined;
     throw err;
   }
+}
+
+/**
+ * The release of a FLUX.1 or SD 3.5 base from its model id or folder name (`…FLUX.1-schnell`,
+ * `…stable-diffusion-3.5-large`), which a LoRA's tensors cannot tell; undefined for other families.
+ */
+export function releaseOf(arch: string | undefined, model: string | undefined): 'dev' | 'schnell' | 'medium' | 'large' | undefined {
+  const m = (model ?? '').toLowerCase();
+  if (arch === 'flux') return m.includes('schnell') ? 'schnell' : 'dev';
+  if (arch === 'sd3') return m.includes('large') ? 'large' : m.includes('medium') ? 'medium' : undefined;
+  return undefined;
 }
 
 function parseSpec(v: unknown, key: string): ExportSpec {
@@ -162,6 +176,7 @@ export async function exportRun(store: ObjectStore, session: string, options: Ex
   const trigger = [manifest?.subject?.trigger, manifest?.subject?.classNoun].filter(Boolean).join(' ') || undefined;
   const arch = spec.base?.architecture;
   const resolution = spec.resolution;
+  const release = releaseOf(arch, spec.base?.model);
   const predictionType: PredictionType | undefined =
     spec.base?.predictionType ?? (arch === 'sd2' && resolution !== undefined ? (resolution >= 768 ? 'v_prediction' : 'epsilon') : undefined);
   const steps = status?.step ?? spec.steps ?? spec.maxSteps;
@@ -184,11 +199,12 @@ export async function exportRun(store: ObjectStore, session: string, options: Ex
     ...(predictionType ? { predictionType } : {}),
     ...(trigger ? { triggerPhrase: trigger } : {}),
   };
+  const flowLora = { ...(release ? { release } : {}), ...(options.loraFormat ? { loraFormat: options.loraFormat } : {}) };
   const keys = exportKeys(session, name);
   const isLora = spec.mode?.type === 'lora' || (spec.mode?.type === undefined && (await store.head(`${rk.model}/${LORA_FILE}`)) !== null);
   const planned = isLora
-    ? await planLora(await openStoreSource(store, `${rk.model}/${LORA_FILE}`), { ...common, ...(resolution !== undefined ? { resolution } : {}) })
-    : await planCheckpoint(storeFolder(store, rk.model), common);
+    ? await planLora(await openStoreSource(store, `${rk.model}/${LORA_FILE}`), { ...common, ...flowLora, ...(resolution !== undefined ? { resolution } : {}) })
+    : await planCheckpoint(storeFolder(store, rk.model), { ...common, ...(release ? { release } : {}) });
   const factsOut: ModelFacts = planned.facts;
   let written;
   try {

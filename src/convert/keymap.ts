@@ -22,6 +22,8 @@ export interface MappedTensor {
   shape: number[];
   /** Input tensor names, in order. */
   parts: string[];
+  /** Per part, the rows `[start, end)` of dimension 0 to take (absent: the whole tensor). */
+  slices?: Array<[number, number] | null>;
   /** The single 2-D part is written transposed. */
   transpose?: boolean;
 }

@@ -44,6 +44,9 @@ export interface VaeConfig {
   latentChannels: number;
   blockOutChannels: number[];
   layersPerBlock: number;
+  /** The 1×1 convolutions around the latent (`use_quant_conv`/`use_post_quant_conv`); the 16-channel VAEs of FLUX.1 and SD 3.5 have none. */
+  useQuantConv: boolean;
+  usePostQuantConv: boolean;
 }
 
 /** The fields of a transformers `CLIPTextConfig` that decide its tensors. */
@@ -132,6 +135,8 @@ export function vaeConfig(raw: unknown, where = 'vae/config.json'): VaeConfig {
     latentChannels: int(c, 'latent_channels', where, 4),
     blockOutChannels: ints(c, 'block_out_channels', where, [64]),
     layersPerBlock: int(c, 'layers_per_block', where, 1),
+    useQuantConv: c.use_quant_conv !== false,
+    usePostQuantConv: c.use_post_quant_conv !== false,
   };
 }
 
@@ -288,8 +293,8 @@ export function diffusersVaeShapes(cfg: VaeConfig): Shapes {
   }
   norm(s, 'decoder.conv_norm_out', b0);
   conv(s, 'decoder.conv_out', cfg.outChannels, b0, 3);
-  conv(s, 'quant_conv', 2 * cfg.latentChannels, 2 * cfg.latentChannels, 1);
-  conv(s, 'post_quant_conv', cfg.latentChannels, cfg.latentChannels, 1);
+  if (cfg.useQuantConv) conv(s, 'quant_conv', 2 * cfg.latentChannels, 2 * cfg.latentChannels, 1);
+  if (cfg.usePostQuantConv) conv(s, 'post_quant_conv', cfg.latentChannels, cfg.latentChannels, 1);
   return s;
 }
 
@@ -421,8 +426,8 @@ export function ldmVaeShapes(cfg: VaeConfig): Shapes {
   ldmVaeMid(s, 'encoder.mid', bin);
   norm(s, 'encoder.norm_out', bin);
   conv(s, 'encoder.conv_out', 2 * z, bin, 3);
-  conv(s, 'quant_conv', 2 * z, 2 * z, 1);
-  conv(s, 'post_quant_conv', z, z, 1);
+  if (cfg.useQuantConv) conv(s, 'quant_conv', 2 * z, 2 * z, 1);
+  if (cfg.usePostQuantConv) conv(s, 'post_quant_conv', z, z, 1);
   conv(s, 'decoder.conv_in', bin, z, 3);
   ldmVaeMid(s, 'decoder.mid', bin);
   for (let level = n - 1; level >= 0; level--) {

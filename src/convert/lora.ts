@@ -16,6 +16,7 @@ import type { ByteSource } from './io.js';
 import { clipTextName, unetKey } from './keymap.js';
 import type { UNetConfig } from './layouts.js';
 import { modelspecMetadata, type Architecture, type ModelFacts, type PredictionType } from './metadata.js';
+import { detectFlowArchitecture, isFlowLora, planFlowLora, type FlowLoraFormat } from './lora-flow.js';
 import { readHeader, type DType, type SafetensorsFile } from './safetensors.js';
 import { floatDType, isFloat, makePlan, type OutputDType, type PlannedTensor, type WritePlan } from './writer.js';
 
@@ -23,7 +24,7 @@ import { floatDType, isFloat, makePlan, type OutputDType, type PlannedTensor, ty
 export const LORA_FILE = 'pytorch_lora_weights.safetensors';
 
 /** The UNet facts that decide original names (layers per block, which up blocks have attention). */
-const STANDARD_UNET: Record<Architecture, Pick<UNetConfig, 'layersPerBlock' | 'upAttention'>> = {
+const STANDARD_UNET: Record<'sd1' | 'sd2' | 'sdxl', Pick<UNetConfig, 'layersPerBlock' | 'upAttention'>> = {
   sd1: { layersPerBlock: 2, upAttention: [false, true, true, true] },
   sd2: { layersPerBlock: 2, upAttention: [false, true, true, true] },
   sdxl: { layersPerBlock: 2, upAttention: [true, true, false] },
@@ -34,6 +35,10 @@ const TEXT_MODULE = /^text_model\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_
 /** Options of {@link planLora}. */
 export interface LoraOptions {
   architecture?: Architecture;
+  /** FLUX.1/SD 3.5 only: tensor names of the output (default kohya for FLUX.1, diffusers for SD 3.5; see lora-flow.ts). */
+  loraFormat?: FlowLoraFormat;
+  /** FLUX.1 `dev`/`schnell` (not visible in a LoRA's tensors; default dev), SD 3.5 `medium`/`large` (default from the width). */
+  release?: 'dev' | 'schnell' | 'medium' | 'large';
   dtype?: OutputDType;
   predictionType?: PredictionType;
   resolution?: number;
@@ -103,8 +108,10 @@ export async function planLora(source: ByteSource, options: LoraOptions = {}): P
   try {
     const file = await readHeader(source);
     const where = source.name;
+    if (isFlowLora(file)) return await planTransformerLora(file, options, () => source.close());
     const arch = options.architecture ?? detect(file);
     if (!arch) throw new BoothError('INVALID_ARGUMENT', `${where}: cannot tell the base architecture from the LoRA's tensors; pass --arch sd1|sd2|sdxl`);
+    if (arch === 'flux' || arch === 'sd3') throw new BoothError('INVALID_ARGUMENT', `${where}: --arch ${arch} but the file has UNet/text-encoder adapters, not transformer ones (transformer.…)`);
     const dtype = options.dtype ?? 'fp16';
     const modules = new Map<string, { prefix: string; a?: string; b?: string }>();
     const unknown: string[] = [];
@@ -179,4 +186,54 @@ export async function planLora(source: ByteSource, options: LoraOptions = {}): P
     await source.close();
     throw err;
   }
+}
+
+/** The α a LoRA file states: `booth.lora_alpha`, else the transformer's entry of diffusers' `lora_adapter_metadata`. */
+function statedAlpha(file: SafetensorsFile, where: string): number | undefined {
+  const booth = parsePositive(file.metadata['booth.lora_alpha'], 'booth.lora_alpha', where);
+  if (booth !== undefined) return booth;
+  const raw = file.metadata.lora_adapter_metadata;
+  if (raw === undefined) return undefined;
+  try {
+    const meta = JSON.parse(raw) as Record<string, unknown>;
+    const v = meta['transformer.lora_alpha'] ?? (meta.transformer as Record<string, unknown> | undefined)?.lora_alpha;
+    return typeof v === 'number' && v > 0 ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** {@link planLora} for a FLUX.1 or SD 3.5 LoRA (`transformer.` adapters; see lora-flow.ts). */
+async function planTransformerLora(file: SafetensorsFile, options: LoraOptions, close: () => Promise<void>): Promise<LoraPlan> {
+  const where = file.source.name;
+  const detected = detectFlowArchitecture(file);
+  const arch = options.architecture ?? detected;
+  if (arch !== 'flux' && arch !== 'sd3') {
+    throw new BoothError('INVALID_ARGUMENT', `${where}: a transformer LoRA is for FLUX.1 or SD 3.5${arch ? `, not ${arch}` : ' and its widths do not say which'}; pass --arch flux|sd3`);
+  }
+  if (detected !== undefined && detected !== arch) throw new BoothError('INVALID_ARGUMENT', `${where} looks like a ${detected} LoRA, not ${arch}; drop --arch or check the file`);
+  const format = options.loraFormat ?? (arch === 'flux' ? 'kohya' : 'diffusers');
+  const dtype = options.dtype ?? 'fp16';
+  const fp = await planFlowLora(file, arch, format, statedAlpha(file, where), dtype);
+  const release = options.release ?? (arch === 'sd3' ? (fp.width >= 2432 ? 'large' : 'medium') : 'dev');
+  const facts: ModelFacts = {
+    architecture: arch,
+    predictionType: 'flow',
+    resolution: options.resolution ?? 1024,
+    title: options.title ?? (where.split('/').filter(Boolean).at(-1) ?? 'lora').replace(/\.safetensors$/, ''),
+    lora: true,
+    release,
+    loraLayout: format,
+    ...(options.triggerPhrase ? { triggerPhrase: options.triggerPhrase } : {}),
+  };
+  const metadata: Record<string, string> = {
+    ...modelspecMetadata(facts),
+    ...(format === 'kohya' ? { ss_network_module: 'networks.lora_flux', ss_network_dim: String(fp.rank), ss_network_alpha: String(fp.alpha) } : {}),
+    'booth.lora_rank': String(fp.rank),
+    'booth.lora_alpha': String(format === 'diffusers' ? fp.rank : fp.alpha),
+    'booth.lora_layout': format,
+    'booth.dtype': dtype,
+    ...options.metadata,
+  };
+  return { plan: makePlan(fp.tensors, metadata), facts, rank: fp.rank, alpha: fp.alpha, modules: fp.modules, close };
 }

@@ -9,10 +9,10 @@
  */
 
 /** Architecture families the converter knows. */
-export type Architecture = 'sd1' | 'sd2' | 'sdxl';
+export type Architecture = 'sd1' | 'sd2' | 'sdxl' | 'flux' | 'sd3';
 
-/** Diffusers' names for the two prediction targets. */
-export type PredictionType = 'epsilon' | 'v_prediction';
+/** Diffusers' names for the prediction targets; `flow` is the velocity of FLUX.1 and SD 3.5. */
+export type PredictionType = 'epsilon' | 'v_prediction' | 'flow';
 
 /** Facts that decide the metadata of an export. */
 export interface ModelFacts {
@@ -26,32 +26,49 @@ export interface ModelFacts {
   triggerPhrase?: string;
   /** True for a LoRA (adapter) file. */
   lora?: boolean;
+  /** The release within a family: FLUX.1 `dev`/`schnell`, SD 3.5 `medium`/`large`. */
+  release?: 'dev' | 'schnell' | 'medium' | 'large';
+  /** The tensor names of a LoRA: kohya's (`lora_unet_…`, the default) or Diffusers' (`transformer.…`). */
+  loraLayout?: 'kohya' | 'diffusers';
   /** Creation time; default now. */
   date?: Date;
 }
 
 /**
  * The model spec architecture id, e.g. `stable-diffusion-v1`, `stable-diffusion-v2-768-v`,
- * `stable-diffusion-xl-v1-base`, and for adapters the spec's `-lora` suffix.
+ * `stable-diffusion-xl-v1-base`, `flux-1-dev`, `stable-diffusion-3-5-large`, and for adapters the
+ * spec's `/lora` suffix (the ids and the suffix as kohya's sd-scripts write them,
+ * `library/sai_model_spec.py`: `ARCH_FLUX_1_DEV = "flux-1-dev"`, `ARCH_SD3_M = "stable-diffusion-3"`
+ * followed by the release, `arch += "/lora"`).
  *
  * @example architectureId({ architecture: 'sd2', predictionType: 'v_prediction', resolution: 768, title: 'x' }) // 'stable-diffusion-v2-768-v'
  */
-export function architectureId(f: Pick<ModelFacts, 'architecture' | 'predictionType' | 'lora'>): string {
-  const base =
-    f.architecture === 'sd1'
-      ? 'stable-diffusion-v1'
-      : f.architecture === 'sdxl'
-        ? 'stable-diffusion-xl-v1-base'
-        : f.predictionType === 'v_prediction'
-          ? 'stable-diffusion-v2-768-v'
-          : 'stable-diffusion-v2-512';
-  return f.lora ? `${base}-lora` : base;
+export function architectureId(f: Pick<ModelFacts, 'architecture' | 'predictionType' | 'lora' | 'release'>): string {
+  let base: string;
+  switch (f.architecture) {
+    case 'sd1':
+      base = 'stable-diffusion-v1';
+      break;
+    case 'sdxl':
+      base = 'stable-diffusion-xl-v1-base';
+      break;
+    case 'flux':
+      base = `flux-1-${f.release === 'schnell' ? 'schnell' : 'dev'}`;
+      break;
+    case 'sd3':
+      base = `stable-diffusion-3-5-${f.release === 'large' ? 'large' : 'medium'}`;
+      break;
+    default:
+      base = f.predictionType === 'v_prediction' ? 'stable-diffusion-v2-768-v' : 'stable-diffusion-v2-512';
+  }
+  return f.lora ? `${base}/lora` : base;
 }
 
 /** The implementation string: the code base whose variable names the tensor keys match. */
 function implementation(f: ModelFacts): string {
-  if (f.lora) return 'https://github.com/kohya-ss/sd-scripts';
-  if (f.architecture === 'sdxl') return 'https://github.com/Stability-AI/generative-models';
+  if (f.lora) return f.loraLayout === 'diffusers' ? 'diffusers' : 'https://github.com/kohya-ss/sd-scripts';
+  if (f.architecture === 'flux') return 'https://github.com/black-forest-labs/flux';
+  if (f.architecture === 'sdxl' || f.architecture === 'sd3') return 'https://github.com/Stability-AI/generative-models';
   if (f.architecture === 'sd2') return 'https://github.com/Stability-AI/stablediffusion';
   return 'https://github.com/CompVis/stable-diffusion';
 }
@@ -71,9 +88,10 @@ export function modelspecMetadata(f: ModelFacts): Record<string, string> {
     'modelspec.implementation': implementation(f),
     'modelspec.title': f.title,
     'modelspec.resolution': `${f.resolution}x${f.resolution}`,
-    'modelspec.prediction_type': f.predictionType === 'v_prediction' ? 'v' : 'epsilon',
     'modelspec.date': (f.date ?? new Date()).toISOString().replace(/\.\d{3}Z$/, 'Z'),
   };
+  // The spec names epsilon and v; flow-matching models carry none (their loaders know the family).
+  if (f.predictionType !== 'flow') m['modelspec.prediction_type'] = f.predictionType === 'v_prediction' ? 'v' : 'epsilon';
   if (f.triggerPhrase) {
     m['modelspec.trigger_phrase'] = f.triggerPhrase;
     m['modelspec.usage_hint'] = `Trigger phrase: ${f.triggerPhrase}`;

@@ -123,7 +123,7 @@ describe('booth export (library)', () => {
     expect(file.tensors.has('lora_te_text_model_encoder_layers_3_self_attn_q_proj.lora_up.weight')).toBe(true);
     expect(file.tensors.has('lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj.alpha')).toBe(true);
     expect(file.tensors.size).toBe(12);
-    expect(file.metadata['modelspec.architecture']).toBe('stable-diffusion-v1-lora');
+    expect(file.metadata['modelspec.architecture']).toBe('stable-diffusion-v1/lora');
     expect(file.metadata.ss_network_alpha).toBe('2');
   });
 });

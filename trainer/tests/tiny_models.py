@@ -162,9 +162,13 @@ def _tiny_clip(base: str, name: str, hidden: int, projection: bool):
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(**cfg))
 
 
-def build_flux(folder: str, seed: int = 0, guidance: bool = True) -> str:
+def build_flux(folder: str, seed: int = 0, guidance: bool = True, full_width: bool = False) -> str:
     """Writes a tiny FLUX.1-shaped pipeline (one double- and one single-stream block, real
-    classes and config keys, 16-channel VAE with FLUX.1's factors) to ``folder``."""
+    classes and config keys, 16-channel VAE with FLUX.1's factors) to ``folder``.
+
+    :param full_width: FLUX.1's real width (24 heads of 128, 3072) instead of 32, for code that
+        assumes it (diffusers' kohya LoRA converter hard-codes the single-block widths).
+    """
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTokenizer
@@ -172,7 +176,9 @@ def build_flux(folder: str, seed: int = 0, guidance: bool = True) -> str:
     torch.manual_seed(seed)
     clip_hidden, t5_hidden = 32, 32
     tcfg = _fixture("flux1-dev", "transformer", "config.json")
-    tcfg.update(num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=t5_hidden, pooled_projection_dim=clip_hidden, axes_dims_rope=[4, 6, 6], guidance_embeds=guidance)
+    tcfg.update(num_layers=1, num_single_layers=1, joint_attention_dim=t5_hidden, pooled_projection_dim=clip_hidden, guidance_embeds=guidance)
+    if not full_width:
+        tcfg.update(attention_head_dim=16, num_attention_heads=2, axes_dims_rope=[4, 6, 6])
     transformer = FluxTransformer2DModel(**tcfg)
     tok2_dir = os.path.join(folder, "_t5tok")
     t5_tok = build_t5_tokenizer(tok2_dir)
