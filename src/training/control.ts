@@ -11,7 +11,7 @@ import type { SessionStore } from '../sessions/store.js';
 import type { LaunchProbe, Launcher } from './launchers/types.js';
 import { RunStore, effectiveState, needsProbe, newRunId, type EffectiveState, type Launch, type RunRecord, type RunStatus } from './runs.js';
 import { assertSpecDepth, extendSpec, parseJobSpec, defaultPreset, presetSpec, totalSteps, type JobSpec, type PresetName } from './spec.js';
-import { estimateVramGb, type VramEstimate } from './requirements.js';
+import { estimateVramGb, signalGraceSeconds, type VramEstimate } from './requirements.js';
 
 /** How to build a new run's spec. */
 export interface SpecRequest {
@@ -162,7 +162,7 @@ async function launchAttempt(store: ObjectStore, launcher: Launcher, record: Run
   // A scheduler may have run more attempts than were launched (Slurm requeues: launch attempt +
   // restart count); they are only in the worker's status, and their logs must not be overwritten.
   const attempt = Math.max(record.launches.at(-1)?.attempt ?? 0, status?.attempt ?? 0) + 1;
-  const handle = await launcher.launch({ session: record.session, run: record.run, attempt, storeUrl: store.url });
+  const handle = await launcher.launch({ session: record.session, run: record.run, attempt, storeUrl: store.url, signalGrace: signalGraceSeconds(spec) });
   record.launches.push({ attempt, at: new Date().toISOString(), launcher: launcher.name, handle, reason });
   await runs.saveRecord(record);
   return { run: record.run, attempt, spec, handle, estimate: estimateVramGb(spec) };

@@ -97,6 +97,38 @@ export function estimateVramGb(spec: JobSpec): VramEstimate {
 }
 
 /**
+ * Bytes of one resume state of a run: the trained weights in float32 plus the optimizer's moments
+ * (AdamW 8 bytes per parameter, 8-bit AdamW 2) for a full fine-tune; the adapters and their
+ * moments for a LoRA (the same count as in {@link estimateVramGb}). Measured against a real
+ * state: a full SD 1.5 UNet stage state was 9.61 GiB (estimate 9.6 GiB; docs/benchmarks.md).
+ */
+export function resumeStateBytes(spec: JobSpec): number {
+  const arch = spec.base.architecture;
+  const p = arch === 'sd3' && /large/i.test(spec.base.model) ? SD35_LARGE_PARAMS : PARAMS[arch].unet;
+  const perParam = 4 + (spec.optimizer.type === 'adamw8bit' ? 2 : 8);
+  const trainsTe = spec.schedule.type === 'two-stage' ? spec.schedule.textEncoder.steps > 0 : spec.schedule.textEncoderLearningRate > 0;
+  if (spec.mode.type === 'full') return (p + (trainsTe ? PARAMS[arch].textEncoders : 0)) * perParam;
+  return p * Math.min(0.05, spec.mode.rank / 1600) * perParam;
+}
+
+/** Write and upload rate assumed for the worst case: a network disk or a busy shared store. */
+const WORST_BYTES_PER_S = 200e6;
+
+/**
+ * Seconds of warning a run needs before its job is killed (Slurm's `--signal=B:USR1@N`): the
+ * worst-case time to write a resume state at {@link WORST_BYTES_PER_S} plus 30 s to finish the
+ * step, the same again to upload it to the store, and 60 s for the final status and exit;
+ * rounded up to 30 s, at least 120 s. Booth's trainer writes a 9.6 GiB state in 8.7 s on an H200
+ * host (1.1 GB/s, docs/benchmarks.md), so this is a bound for slow disks, not the usual case.
+ * @example signalGraceSeconds(presetSpec('face-sd15', …)) // 210 (SD 1.5 full, AdamW)
+ */
+export function signalGraceSeconds(spec: JobSpec): number {
+  const transfer = resumeStateBytes(spec) / WORST_BYTES_PER_S;
+  const s = transfer + 30 + transfer + 60;
+  return Math.max(120, Math.ceil(s / 30) * 30);
+}
+
+/**
  * Checks a host's `check` report against a spec.
  * @returns the estimate the decision was based on
  * @throws BoothError `ENVIRONMENT` naming what is missing and what to do: no CUDA GPU, trainer

@@ -45,8 +45,10 @@ describe('Slurm settings', () => {
     const file = path.join(dir, 'slurm.json');
     await writeFile(file, JSON.stringify({ partition: 'gpu', time: '08:00:00', modules: ['cuda/12.4'], env: { HF_HOME: '/scratch/hf' } }));
     const s = loadSlurmSettings({ time: '02:00:00', sbatch: [] }, { BOOTH_SLURM_CONFIG: file, BOOTH_SLURM_PARTITION: 'a100', BOOTH_SLURM_GPUS: '4', BOOTH_SLURM_REQUEUE: 'no', BOOTH_SLURM_SETUP: 'source ~/venv/bin/activate\n\nexport X=1' });
-    expect(s).toMatchObject({ partition: 'a100', time: '02:00:00', gpus: 4, requeue: false, gpuFlag: 'gres', signalGrace: 300, modules: ['cuda/12.4'], env: { HF_HOME: '/scratch/hf' } });
+    expect(s).toMatchObject({ partition: 'a100', time: '02:00:00', gpus: 4, requeue: false, gpuFlag: 'gres', modules: ['cuda/12.4'], env: { HF_HOME: '/scratch/hf' } });
     expect(s.setup).toEqual(['source ~/venv/bin/activate', 'export X=1']);
+    // No lead set: the launcher takes the run's own (from its resume-state size) at submission.
+    expect(s.signalGrace).toBeUndefined();
   });
 
   it('names the setting, the variable and what to do when a value is bad', async () => {

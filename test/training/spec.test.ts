@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { BoothError } from '../../src/errors.js';
 import { applySet } from '../../src/training/control.js';
-import { estimateVramGb, assertHostFits } from '../../src/training/requirements.js';
+import { estimateVramGb, assertHostFits, resumeStateBytes, signalGraceSeconds } from '../../src/training/requirements.js';
 import { defaultPreset, extendSpec, jobSpecJsonSchema, parseJobSpec, presetSpec, stagesOf, totalSteps, PRESETS, PRESET_BASES } from '../../src/training/spec.js';
 import { BASE_MODELS } from '../../src/sessions/base-models.js';
 import type { CheckReport } from '../../src/training/protocol.js';
@@ -85,6 +85,22 @@ describe('presets', () => {
         expect(() => presetSpec(p, { ...input, base })).not.toThrow();
       }
     }
+  });
+});
+
+describe('resume-state size and the warning a run needs', () => {
+  it('follows the trained parameters and the optimizer', () => {
+    const face = presetSpec('face-sd15', input);
+    // UNet 859.5 M + text encoder 123.1 M, float32 + 8-bit AdamW moments: (4 + 2) bytes each, an
+    // upper bound (a stage's state holds only that stage's moments).
+    expect(resumeStateBytes(face) / 1e9).toBeCloseTo(5.8956, 3);
+    // The UNet alone with AdamW: the 9.61 GiB state measured on an H200 (docs/benchmarks.md).
+    const adamw = parseJobSpec({ ...face, optimizer: { ...face.optimizer, type: 'adamw' }, schedule: { type: 'two-stage', textEncoder: { steps: 0, learningRate: 1e-6 }, unet: { steps: 500, learningRate: 2e-6 } } });
+    expect(resumeStateBytes(adamw) / 2 ** 30).toBeCloseTo(9.61, 1);
+    expect(signalGraceSeconds(adamw)).toBe(210);
+    expect(signalGraceSeconds(presetSpec('face-lora-flux', { ...input, base: 'flux-dev' }))).toBe(120);
+    const sdxlFull = parseJobSpec({ ...presetSpec('face-lora-sdxl', { ...input, base: 'sdxl' }), mode: { type: 'full' } });
+    expect(signalGraceSeconds(sdxlFull)).toBeGreaterThan(signalGraceSeconds(adamw));
   });
 });
 

@@ -35,8 +35,12 @@ export const slurmSettingsSchema = z
     account: directiveValue.optional(),
     qos: directiveValue.optional(),
     constraint: directiveValue.optional(),
-    /** Seconds before the time limit at which Slurm signals the job (`--signal=B:USR1@N`); the trainer saves then. */
-    signalGrace: z.number().int().min(10).max(65535).default(300),
+    /**
+     * Seconds before the time limit at which Slurm signals the job (`--signal=B:USR1@N`); the
+     * trainer saves then. Default: what the run's resume state needs (its size at a slow disk's
+     * speed, saved and uploaded; docs/slurm.md), else {@link DEFAULT_SIGNAL_GRACE}.
+     */
+    signalGrace: z.number().int().min(10).max(65535).optional(),
     /** Ask to be requeued (`--requeue`) and requeue itself after a preemption or time-limit save. */
     requeue: z.boolean().default(true),
     /** Extra `#SBATCH` options, one per entry, e.g. `--exclusive` or `--mail-type=END`. */
@@ -59,6 +63,9 @@ export const slurmSettingsSchema = z
     cli: z.string().min(1).optional(),
   })
   .strict();
+
+/** The signal lead when neither the settings nor the run say (seconds). */
+export const DEFAULT_SIGNAL_GRACE = 300;
 
 /** Validated Slurm settings. */
 export type SlurmSettings = z.infer<typeof slurmSettingsSchema>;

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { BoothError, errorMessage } from '../../errors.js';
-import type { SlurmSettings } from './slurm-settings.js';
+import { DEFAULT_SIGNAL_GRACE, type SlurmSettings } from './slurm-settings.js';
 import type { LaunchHandle, LaunchProbe, LaunchRequest, Launcher } from './types.js';
 
 /** The compiled CLI entry (dist/training/launchers → dist/cli/main.js). */
@@ -90,7 +90,7 @@ export function sbatchDirectives(s: SlurmSettings): string[] {
   if (s.constraint) add(`--constraint=${s.constraint}`);
   if (s.requeue) add('--requeue');
   else add('--no-requeue');
-  add(`--signal=B:USR1@${s.signalGrace}`);
+  add(`--signal=B:USR1@${s.signalGrace ?? DEFAULT_SIGNAL_GRACE}`);
   for (const raw of s.sbatch) {
     const opt = raw.trim().replace(/^#SBATCH\s+/, '');
     if (!/^-/.test(opt) || /[\r\n]/.test(opt)) {
@@ -106,7 +106,8 @@ export function sbatchDirectives(s: SlurmSettings): string[] {
  * the signal's lead minus time to upload the state and write the final status, at least 10 s.
  */
 export function workerGraceSeconds(s: SlurmSettings): number {
-  return Math.max(10, s.signalGrace - Math.max(15, Math.round(s.signalGrace / 5)));
+  const grace = s.signalGrace ?? DEFAULT_SIGNAL_GRACE;
+  return Math.max(10, grace - Math.max(15, Math.round(grace / 5)));
 }
 
 /**
@@ -129,7 +130,7 @@ export function renderBatchScript(template: string, s: SlurmSettings, input: Bat
     session: shellQuote(input.session),
     run: shellQuote(input.run),
     attempt: String(input.attempt),
-    signalGrace: String(s.signalGrace),
+    signalGrace: String(s.signalGrace ?? DEFAULT_SIGNAL_GRACE),
     jobName: s.jobName ?? `booth-${input.session}`,
     output: input.output,
     chdir: input.chdir,
@@ -294,7 +295,9 @@ export function createSlurmLauncher(options: SlurmLauncherOptions): Launcher {
       await mkdir(dir, { recursive: true });
       const template = options.template ?? (await readFile(SLURM_TEMPLATE, 'utf8'));
       const output = path.join(dir, 'slurm-%j.out');
-      const script = renderBatchScript(template, s, { session: req.session, run: req.run, attempt: req.attempt, storeUrl: req.storeUrl, output, chdir: dir, workerArgs: options.workerArgs ?? [], ...(req.env ? { env: req.env } : {}) });
+      // The settings' lead wins; else what this run's resume state needs (from its spec).
+      const settings = s.signalGrace === undefined && req.signalGrace !== undefined ? { ...s, signalGrace: req.signalGrace } : s;
+      const script = renderBatchScript(template, settings, { session: req.session, run: req.run, attempt: req.attempt, storeUrl: req.storeUrl, output, chdir: dir, workerArgs: options.workerArgs ?? [], ...(req.env ? { env: req.env } : {}) });
       const scriptPath = path.join(dir, `attempt-${req.attempt}.sbatch`);
       await writeFile(scriptPath, script, { mode: 0o700 });
       const r = await run('sbatch', ['--parsable', scriptPath], { env, cwd: dir });

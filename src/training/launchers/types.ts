@@ -19,6 +19,12 @@ export interface LaunchRequest {
   storeUrl: string;
   /** Extra environment for the worker (merged over the launcher's own). */
   env?: Record<string, string>;
+  /**
+   * Seconds of warning the run needs to save and upload a resume state before it is killed
+   * (from the spec, `signalGraceSeconds` in requirements.ts); a scheduler's launcher uses it when
+   * its own settings name none.
+   */
+  signalGrace?: number;
 }
 
 /** Launcher-specific facts that let it find the attempt again (stored in `run.json`). */
