@@ -120,7 +120,7 @@ const WORST_BYTES_PER_S = 200e6;
  * step, the same again to upload it to the store, and 60 s for the final status and exit;
  * rounded up to 30 s, at least 120 s. Booth's trainer writes a 9.6 GiB state in 8.7 s on an H200
  * host (1.1 GB/s, docs/benchmarks.md), so this is a bound for slow disks, not the usual case.
- * @example signalGraceSeconds(presetSpec('face-sd15', …)) // 210 (SD 1.5 full, AdamW)
+ * @example signalGraceSeconds(presetSpec('object-sd15', …)) // 150 (SD 1.5 UNet, 8-bit AdamW: 5.2 GB)
  */
 export function signalGraceSeconds(spec: JobSpec): number {
   const transfer = resumeStateBytes(spec) / WORST_BYTES_PER_S;
