@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Browser, Page } from 'playwright-core';
 import type { FastifyInstance } from 'fastify';
 import type { ObjectStore } from '../../src/storage/types.js';
-import { putJson } from '../../src/storage/index.js';
+import { putJson, readAll } from '../../src/storage/index.js';
 import { TOKEN, testApp } from './helpers.js';
 
 // The predicates given to page.waitForFunction run in the browser. The test program is compiled
@@ -162,4 +162,32 @@ describe.skipIf(!CHROMIUM)('web UI in Chromium', () => {
 
     expect(errors, errors.join('\n')).toEqual([]);
   }, 400_000);
+
+  it('a FLUX.1 session: the base picker offers its resolutions and the train form only its presets', async () => {
+    await page.goto(`${base}/#/`);
+    await page.waitForSelector('form[aria-label="New session"], #token');
+    if ((await page.locator('#token').count()) > 0) {
+      // Run alone (vitest -t): sign in first.
+      await page.fill('#token', TOKEN);
+      await page.click('button[type=submit]');
+      await page.waitForSelector('form[aria-label="New session"]');
+    }
+    await page.fill('input[name=name]', 'carol');
+    await page.fill('input[name=classNoun]', 'woman');
+    await page.selectOption('select[name=base]', 'flux-dev');
+    const resolutions = await page.$$eval('select[name=resolution] option', (os) => os.map((o) => (o as unknown as { value: string }).value));
+    expect(resolutions).toEqual(['512', '768', '1024']);
+    expect(await page.inputValue('select[name=resolution]')).toBe('1024');
+    await page.selectOption('select[name=resolution]', '768');
+    await page.click('form[aria-label="New session"] button[type=submit]');
+    await page.waitForSelector('.drop');
+    const created = JSON.parse((await readAll(store, 'sessions/carol/session.json')).toString('utf8')) as { base: string; settings: { resolution: number } };
+    expect([created.base, created.settings.resolution]).toEqual(['flux-dev', 768]);
+    await page.click('.tabs a:has-text("Train")');
+    await page.waitForSelector('#preset');
+    const presets = await page.$$eval('#preset option', (os) => os.map((o) => (o as unknown as { value: string }).value));
+    expect(presets).toEqual(['', 'face-lora-flux', 'object-lora-flux']);
+    await shot('09-flux-train');
+    expect(errors, errors.join('\n')).toEqual([]);
+  }, 120_000);
 });

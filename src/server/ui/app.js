@@ -335,7 +335,9 @@ function photoCard(session, p, s) {
 
 async function trainPage(name) {
   const [{ presets }, session] = await Promise.all([api('GET', '/api/presets'), api('GET', `/api/sessions/${enc(name)}`)]);
-  const preset = h('select', { id: 'preset', name: 'preset' }, h('option', { value: '' }, 'default for this session'), presets.map((p) => h('option', { value: p.name, title: p.description }, p.name)));
+  // Only the presets made for this session's base model (a FLUX.1 session is not offered face-sd15).
+  const fitting = presets.filter((p) => !p.bases || p.bases.includes(session.base));
+  const preset = h('select', { id: 'preset', name: 'preset' }, h('option', { value: '' }, 'default for this session'), fitting.map((p) => h('option', { value: p.name, title: p.description }, p.name)));
   const steps = h('input', { id: 'steps', type: 'number', min: 1, placeholder: 'preset default' });
   const advanced = h('textarea', { id: 'advanced', rows: 6, placeholder: 'One override per line, e.g.\nschedule.unet.steps=2000\noptimizer.type=adamw\n— or a whole job spec as JSON' });
   const out = h('div', { id: 'estimate', class: 'card', hidden: true });
