@@ -141,8 +141,12 @@ class TinyFlow(TrainerRuns):
         self.assertTrue(all(t3a[k].equal(t3b[k]) for k in t3a), "T5 must be the base one")
 
         work = self.work("sd35-lora")
-        r = self.train(work, flow_spec(self.sd35, "sd3", schedule={"type": "joint", "steps": 2, "transformerLearningRate": 1e-3}))
+        prior = {"enabled": True, "classPrompt": "photo of a man", "classImages": 2, "lossWeight": 0.5, "generationSteps": 2}
+        r = self.train(work, flow_spec(self.sd35, "sd3", schedule={"type": "joint", "steps": 2, "transformerLearningRate": 1e-3}, prior=prior))
         self.assertEqual(r.code, 0)
+        # Prior preservation: class images rendered by the base from the cached class-prompt embedding.
+        self.assertEqual(sorted(os.listdir(os.path.join(work, "class"))), ["class-00000.png", "class-00001.png"])
+        self.assertIn("encoded 4 prompts", r.stderr)  # 2 captions, the class prompt, the empty negative prompt
         pipe = StableDiffusion3Pipeline.from_pretrained(self.sd35)
         pipe.load_lora_weights(os.path.join(work, "model", "pytorch_lora_weights.safetensors"))
         self.assertEqual(pipe.transformer.peft_config["default_0"].r, 4)
